@@ -1,0 +1,71 @@
+"""The broker's domain: topics, subscriptions, wire formats, policies. No sockets, no HTTP."""
+
+from . import codec
+from .codec import PayloadKind, WireFormat
+from .connection import ControlFrame, Subscriber, SubscriberInfo, next_connection_id
+from .errors import (
+    AlreadySubscribed,
+    BrokerError,
+    Draining,
+    InvalidFrame,
+    InvalidPayload,
+    InvalidTopic,
+    NotSubscribed,
+    PayloadTooLarge,
+    TooManySubscriptions,
+    TooManyTopics,
+    TopicBusy,
+    TopicNotFound,
+    Unavailable,
+    UnknownOperation,
+    UnsupportedContentType,
+)
+from .messages import HistoryPage, Message, Payload, SubscribeResult
+from .node import Broker, open_broker
+from .policies import CloseReason, SlowConsumerPolicy
+from .settings import Settings, SettingsError, TopicSettings, load_settings
+from .subjects import SubjectTrie, pattern_matches, validate_pattern, validate_topic
+from .topic import TopicActor, TopicStatistics
+
+__all__ = [
+    "AlreadySubscribed",
+    "Broker",
+    "BrokerError",
+    "CloseReason",
+    "ControlFrame",
+    "Draining",
+    "HistoryPage",
+    "InvalidFrame",
+    "InvalidPayload",
+    "InvalidTopic",
+    "Message",
+    "NotSubscribed",
+    "Payload",
+    "PayloadKind",
+    "PayloadTooLarge",
+    "Settings",
+    "SettingsError",
+    "SlowConsumerPolicy",
+    "SubjectTrie",
+    "SubscribeResult",
+    "Subscriber",
+    "SubscriberInfo",
+    "TooManySubscriptions",
+    "TooManyTopics",
+    "TopicActor",
+    "TopicBusy",
+    "TopicNotFound",
+    "TopicSettings",
+    "TopicStatistics",
+    "Unavailable",
+    "UnknownOperation",
+    "UnsupportedContentType",
+    "WireFormat",
+    "codec",
+    "load_settings",
+    "next_connection_id",
+    "open_broker",
+    "pattern_matches",
+    "validate_pattern",
+    "validate_topic",
+]

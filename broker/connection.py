@@ -1,0 +1,70 @@
+"""The domain half of a connection: what topics see of a subscriber.
+
+A `Subscriber` is an id, a client name, a wire-format renderer and the send side of the
+connection's bounded outbox. Topics put pre-rendered frames into the outbox with
+`send_nowait` (a topic never waits for one subscriber) and, when it is full, apply their
+slow-consumer policy through `evict`. The socket side lives in `gateways/websocket.py`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from .messages import Message
+from .policies import CloseReason
+
+_ids = itertools.count(1)
+
+
+def next_connection_id() -> int:
+    """Process-unique connection ids (1, 2, ...), shown in presence listings."""
+    return next(_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFrame:
+    """An outbox item that is not a message (a reply such as `ok`): written, not counted."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberInfo:
+    """A subscriber as presence listings show it."""
+
+    connection_id: int
+    client: str
+    since: float
+
+
+class Subscriber:
+    """A connection as topics see it. Only `offer`/`evict` are called by topics."""
+
+    __slots__ = ("_on_evict", "client", "id", "outbox", "render", "since")
+
+    def __init__(
+        self,
+        connection_id: int,
+        client: str,
+        render: Callable[[Message], bytes],
+        outbox: trio.MemorySendChannel[object],
+        on_evict: Callable[[CloseReason], None],
+    ) -> None:
+        self.id = connection_id
+        self.client = client
+        self.since = time.time()
+        self.render = render
+        self.outbox = outbox
+        self._on_evict = on_evict
+
+    def evict(self, reason: CloseReason) -> None:
+        """Tell the connection to close for `reason` (called by a topic's policy)."""
+        self._on_evict(reason)
+
+    def info(self) -> SubscriberInfo:
+        return SubscriberInfo(self.id, self.client, self.since)

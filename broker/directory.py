@@ -1,0 +1,211 @@
+"""`TopicDirectory`: the actor that owns the name -> topic map and wildcard subscriptions.
+
+It creates each topic under the topics supervisor on first use, attaches the wildcard
+subscribers whose patterns match a new topic, and forgets topics that retired when idle.
+Publishes do not pass through it: callers look a topic up, then talk to the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from actors import (
+    ActorStopped,
+    Address,
+    Decision,
+    Mailbox,
+    MailboxFull,
+    Reply,
+    RestartPolicy,
+    Supervisor,
+)
+
+from .connection import Subscriber
+from .errors import AlreadySubscribed, NotSubscribed, TooManyTopics
+from .messages import Subscribe, SubscribeResult, Unsubscribe
+from .metrics import BrokerCounters
+from .policies import CloseReason
+from .settings import Settings
+from .subjects import SubjectTrie, pattern_matches
+from .topic import TopicActor
+
+log = logging.getLogger("broker.directory")
+
+# Room for lookups from many concurrent publishers before they wait (backpressure).
+DIRECTORY_MAILBOX_SIZE = 4096
+# A topic that keeps crashing is restarted this often per minute, then stopped and its
+# subscribers closed, so one poisoned topic cannot spin forever.
+TOPIC_RESTART_POLICY = RestartPolicy(max_restarts=10, window_seconds=60.0, exhausted=Decision.STOP)
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    name: str
+    create: bool
+    reply: Reply[TopicActor | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ListTopics:
+    prefix: str
+    reply: Reply[list[TopicActor]]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribePattern:
+    """A wildcard subscription: kept here, attached to every matching topic, now and later."""
+
+    subscriber: Subscriber
+    pattern: str
+    start: str
+    ack: Callable[[SubscribeResult], object] | None
+    reply: Reply[SubscribeResult]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribePattern:
+    subscriber_id: int
+    pattern: str
+    reply: Reply[bool] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    topic: TopicActor
+
+
+DirectoryRequest = Lookup | ListTopics | SubscribePattern | UnsubscribePattern | Retired
+
+
+class TopicDirectory:
+    """See the module docstring. State lives on the object, so a restart keeps the map."""
+
+    def __init__(self, settings: Settings, counters: BrokerCounters, topics: Supervisor) -> None:
+        self._settings = settings
+        self._counters = counters
+        self._supervisor = topics
+        self._mailbox: Mailbox[DirectoryRequest] = Mailbox(DIRECTORY_MAILBOX_SIZE)
+        self.address: Address[DirectoryRequest] = self._mailbox.address
+        self._topics: dict[str, TopicActor] = {}
+        self._patterns: SubjectTrie[dict[int, Subscriber]] = SubjectTrie()
+
+    async def run(self, *, task_status: trio.TaskStatus[Address[DirectoryRequest]]) -> None:
+        task_status.started(self.address)
+        while True:
+            request = await self._mailbox.receive()
+            try:
+                await self._handle(request)
+            except Exception as exc:
+                reply = getattr(request, "reply", None)
+                if reply is not None:
+                    reply.fail(exc)
+                if not isinstance(exc, TooManyTopics | AlreadySubscribed | NotSubscribed):
+                    raise
+
+    async def _handle(self, request: DirectoryRequest) -> None:
+        match request:
+            case Lookup(name, create, reply):
+                reply.send(await self._lookup(name, create))
+            case ListTopics(prefix, reply):
+                reply.send(
+                    [t for n, t in sorted(self._topics.items())
+                     if n.startswith(prefix) and not t.retired]
+                )
+            case SubscribePattern(subscriber, pattern, start, ack, reply):
+                reply.send(await self._subscribe_pattern(subscriber, pattern, start, ack))
+            case UnsubscribePattern(subscriber_id, pattern, reply):
+                removed = await self._unsubscribe_pattern(subscriber_id, pattern)
+                if reply is not None:
+                    reply.send(removed)
+            case Retired(topic):
+                if self._topics.get(topic.name) is topic:
+                    del self._topics[topic.name]
+
+    async def _lookup(self, name: str, create: bool) -> TopicActor | None:
+        topic = self._topics.get(name)
+        if topic is not None and not topic.retired:
+            return topic
+        if topic is not None:
+            del self._topics[name]
+        if not create:
+            return None
+        if len(self._topics) >= self._settings.max_topics:
+            raise TooManyTopics(f"the broker holds {len(self._topics)} topics, its limit")
+        topic = TopicActor(
+            name,
+            self._settings.for_topic(name),
+            self._counters,
+            self._settings.topic_idle_seconds,
+            self._on_retired,
+        )
+        for pattern, subscribers in self._patterns.match(name):
+            for subscriber in subscribers.values():
+                topic.attach(subscriber, pattern)
+        await self._supervisor.start(name, topic.run, policy=TOPIC_RESTART_POLICY)
+        self._topics[name] = topic
+        self._counters.topics_created += 1
+        return topic
+
+    def _on_retired(self, topic: TopicActor) -> None:
+        # Best effort: a lookup also notices `topic.retired`, so a full mailbox loses nothing.
+        try:
+            self.address.tell_nowait(Retired(topic))
+        except (MailboxFull, ActorStopped):
+            pass
+
+    def on_topic_crash(self, name: str, error: BaseException, decision: Decision) -> None:
+        """Supervisor callback: count the crash; a topic that is stopped fails its subscribers."""
+        self._counters.topic_crashes += 1
+        if decision is Decision.RESTART:
+            self._counters.topic_restarts += 1
+            return
+        topic = self._topics.get(name)
+        if topic is not None:
+            topic.fail(CloseReason.TOPIC_FAILED)
+
+    async def _subscribe_pattern(
+        self,
+        subscriber: Subscriber,
+        pattern: str,
+        start: str,
+        ack: Callable[[SubscribeResult], object] | None,
+    ) -> SubscribeResult:
+        holders = self._patterns.get(pattern)
+        if holders is None:
+            holders = {}
+            self._patterns.insert(pattern, holders)
+        if subscriber.id in holders:
+            raise AlreadySubscribed(f"already subscribed to {pattern!r}")
+        holders[subscriber.id] = subscriber
+        result = SubscribeResult(0, 0, replayed=0)
+        if ack is not None:
+            try:
+                subscriber.outbox.send_nowait(ack(result))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the first forwarded message will find the same outbox state
+        for name, topic in list(self._topics.items()):
+            if not topic.retired and pattern_matches(pattern, name):
+                try:
+                    await topic.address.tell(Subscribe(subscriber, pattern, start, None, None))
+                except ActorStopped:
+                    pass  # retired meanwhile; a recreated topic attaches from the trie
+        return result
+
+    async def _unsubscribe_pattern(self, subscriber_id: int, pattern: str) -> bool:
+        holders = self._patterns.get(pattern)
+        if holders is None or subscriber_id not in holders:
+            return False
+        del holders[subscriber_id]
+        if not holders:
+            self._patterns.remove(pattern)
+        for name, topic in list(self._topics.items()):
+            if not topic.retired and pattern_matches(pattern, name):
+                try:
+                    await topic.address.tell(Unsubscribe(subscriber_id, pattern, None))
+                except ActorStopped:
+                    pass
+        return True

@@ -1,0 +1,55 @@
+"""A topic's retained messages: a ring bounded by message count and payload bytes."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .messages import Message
+
+
+class History:
+    """Retained messages, oldest first, with contiguous offsets.
+
+    Appending past either bound evicts the oldest messages. A limit of 0 keeps nothing.
+    """
+
+    __slots__ = ("_bytes", "_messages", "max_bytes", "max_messages", "next_offset")
+
+    def __init__(self, max_messages: int, max_bytes: int, next_offset: int = 0) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._messages: deque[Message] = deque()
+        self._bytes = 0
+        self.next_offset = next_offset
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @property
+    def retained_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def first_offset(self) -> int:
+        """The oldest offset still retained (== next_offset when nothing is retained)."""
+        return self._messages[0].offset if self._messages else self.next_offset
+
+    def append(self, message: Message) -> None:
+        self.next_offset = message.offset + 1
+        if self.max_messages <= 0 or len(message.data) > self.max_bytes:
+            self._messages.clear()
+            self._bytes = 0
+            return
+        self._messages.append(message)
+        self._bytes += len(message.data)
+        while len(self._messages) > self.max_messages or self._bytes > self.max_bytes:
+            self._bytes -= len(self._messages.popleft().data)
+
+    def read(self, start: int, limit: int | None = None) -> list[Message]:
+        """Messages from offset `start` (clamped to the retained window), at most `limit`."""
+        first = self.first_offset
+        index = max(start, first) - first
+        if index >= len(self._messages):
+            return []
+        stop = len(self._messages) if limit is None else min(len(self._messages), index + limit)
+        return [self._messages[i] for i in range(index, stop)]

@@ -1,0 +1,139 @@
+"""What flows between actors: the published `Message` and the topic's request types.
+
+Requests are small frozen dataclasses, a closed set per actor, dispatched with `match`.
+`Message` is immutable in everything but its cache of rendered wire frames, which lets
+each wire format be encoded once per message, never once per subscriber.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from actors import Reply
+
+from .codec import PayloadKind
+
+if TYPE_CHECKING:
+    from .subscriber import Subscriber
+
+
+class Message:
+    """One published message with its offset. Shared by every subscriber, never copied."""
+
+    __slots__ = ("_rendered", "content_type", "data", "kind", "offset", "timestamp", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        offset: int,
+        data: bytes,
+        content_type: str,
+        kind: PayloadKind,
+        timestamp: float,
+    ) -> None:
+        self.topic = topic
+        self.offset = offset
+        self.data = data
+        self.content_type = content_type
+        self.kind = kind
+        self.timestamp = timestamp
+        self._rendered: dict[object, bytes] = {}
+
+    def rendered(self, render: Callable[[Message], bytes]) -> bytes:
+        """The bytes `render` makes of this message, computed on first use and cached.
+
+        `render` is the cache key, so pass one long-lived function per wire format.
+        """
+        frame = self._rendered.get(render)
+        if frame is None:
+            frame = self._rendered[render] = render(self)
+        return frame
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, offset={self.offset}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A validated payload waiting for an offset."""
+
+    data: bytes
+    content_type: str
+    kind: PayloadKind
+
+
+# Requests a TopicActor accepts.
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    payload: Payload
+    reply: Reply[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    subscriber: Subscriber
+    pattern: str
+    start: int | str
+    # Renders the `ok` frame; the topic queues it before any replayed message.
+    ack: Callable[[SubscribeResult], object] | None
+    reply: Reply[SubscribeResult] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscriber_id: int
+    pattern: str
+    reply: Reply[bool] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadHistory:
+    start: int
+    limit: int
+    reply: Reply[HistoryPage]
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Answered once everything queued before it has been processed."""
+
+    reply: Reply[None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Ask the topic to stop if it is still idle; pending requests are turned away."""
+
+    reply: Reply[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """Test-only poison message: the topic raises while handling it (fault injection)."""
+
+    error: str
+
+
+TopicRequest = Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Stop | Crash
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    """Where a subscription starts: the first offset it will get, and the topic's next."""
+
+    first_offset: int
+    next_offset: int
+    replayed: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A slice of retained history, and where retained history starts and ends."""
+
+    messages: tuple[Message, ...]
+    first_retained: int
+    next_offset: int

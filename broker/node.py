@@ -1,0 +1,328 @@
+"""`open_broker` -> `Broker`: the handle gateways use, and the supervision tree behind it.
+
+    open_broker
+    └── supervisor "broker"
+        └── TopicDirectory (restarted on crash; escalates after 10 crashes a minute)
+    └── supervisor "topics"
+        └── TopicActor per topic (restarted on crash with state kept; then stopped)
+
+`Broker` methods are safe to call from any task: they only send requests to actors and
+wait for replies, never touching actor state themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from actors import (
+    ActorStopped,
+    Address,
+    AskTimeout,
+    Decision,
+    MailboxFull,
+    Reply,
+    RestartPolicy,
+    ask,
+    open_supervisor,
+)
+
+from .codec import check_payload
+from .connection import Subscriber, SubscriberInfo
+from .directory import (
+    DirectoryRequest,
+    ListTopics,
+    Lookup,
+    SubscribePattern,
+    TopicDirectory,
+    UnsubscribePattern,
+)
+from .errors import BrokerError, Draining, InvalidFrame, TopicBusy, TopicNotFound, Unavailable
+from .messages import Crash, Flush, HistoryPage, Payload, Publish, ReadHistory, Subscribe
+from .messages import SubscribeResult, Unsubscribe
+from .metrics import BrokerCounters, BrokerMetrics, Gauges
+from .settings import Settings
+from .subjects import is_wildcard, validate_pattern, validate_topic
+from .topic import TopicActor, TopicStatistics
+
+log = logging.getLogger("broker")
+
+# Bound on waiting for an actor that has accepted a request to answer it. Actors answer
+# in microseconds; this only fires if one is wedged, and turns a hang into `Unavailable`.
+ANSWER_TIMEOUT = 10.0
+# A topic that retires between our lookup and our put is looked up again this often.
+LOOKUP_ATTEMPTS = 3
+DIRECTORY_RESTART_POLICY = RestartPolicy(max_restarts=10, window_seconds=60.0)
+
+
+class Broker:
+    """What the gateways call. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Address[DirectoryRequest],
+        counters: BrokerCounters,
+        metrics: BrokerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.metrics = metrics
+        self._directory = directory
+        self._draining = False
+        self._publish_timer = metrics.publish_seconds.observe
+        # Connections open now; kept by the WebSocket gateway, read by metrics.
+        self.connections = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """Refuse new publishes from now on (`Draining`, HTTP 503); readiness turns false."""
+        self._draining = True
+
+    async def flush(self) -> None:
+        """Wait until every topic has processed what was queued before this call."""
+        for topic in await self._topics(""):
+            try:
+                await ask(topic.address, Flush, timeout=ANSWER_TIMEOUT)
+            except (ActorStopped, AskTimeout):
+                pass
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def payload(self, data: bytes, content_type: str | None) -> Payload:
+        """Validate `data` for its content type and the size limit (raises BrokerError)."""
+        content_type = content_type or "application/octet-stream"
+        kind = check_payload(data, content_type, self.settings.max_payload_bytes)
+        return Payload(data, content_type, kind)
+
+    async def publish(self, topic: str, payload: Payload) -> int:
+        """Give `payload` the next offset of `topic`; returns the offset.
+
+        Waits up to `publish_timeout` for room in the topic's mailbox, then raises
+        `TopicBusy` (the message was not accepted). Raises `Draining` during shutdown.
+        """
+        if self._draining:
+            self.counters.reject(Draining.code)
+            raise Draining("the broker is shutting down")
+        validate_topic(topic)
+        started = time.perf_counter()
+        for _ in range(LOOKUP_ATTEMPTS):
+            actor = await self._lookup(topic, create=True)
+            assert actor is not None
+            reply: Reply[int] = Reply()
+            try:
+                await actor.address.tell_within(
+                    Publish(payload, reply), self.settings.publish_timeout
+                )
+            except MailboxFull:
+                self.counters.reject(TopicBusy.code)
+                raise TopicBusy(
+                    f"topic {topic!r} is busy: its mailbox stayed full for "
+                    f"{self.settings.publish_timeout:g}s; retry later"
+                ) from None
+            except ActorStopped:
+                continue
+            offset = await self._answer(reply)
+            self._publish_timer(time.perf_counter() - started)
+            return offset
+        raise Unavailable(f"topic {topic!r} kept retiring; retry")
+
+    async def publish_many(
+        self, batch: list[tuple[str, Payload]]
+    ) -> list[int | BrokerError]:
+        """Publish a validated batch: offsets (or the error of each refused message) in order.
+
+        Messages are grouped by topic; each topic's group is sent in order by its own task,
+        so topics proceed in parallel and a batch is never funnelled through one actor.
+        """
+        if self._draining:
+            self.counters.reject(Draining.code)
+            raise Draining("the broker is shutting down")
+        results: list[int | BrokerError] = [0] * len(batch)
+        groups: dict[str, list[int]] = {}
+        for index, (topic, _) in enumerate(batch):
+            groups.setdefault(topic, []).append(index)
+
+        async def publish_group(topic: str, indexes: list[int]) -> None:
+            replies: list[tuple[int, Reply[int]]] = []
+            try:
+                actor = await self._lookup(topic, create=True)
+                assert actor is not None
+                for index in indexes:
+                    reply: Reply[int] = Reply()
+                    try:
+                        await actor.address.tell_within(
+                            Publish(batch[index][1], reply), self.settings.publish_timeout
+                        )
+                    except MailboxFull:
+                        self.counters.reject(TopicBusy.code)
+                        raise TopicBusy(f"topic {topic!r} is busy; retry later") from None
+                    except ActorStopped:
+                        raise Unavailable(f"topic {topic!r} retired; retry") from None
+                    replies.append((index, reply))
+            except BrokerError as exc:
+                for index in indexes[len(replies):]:
+                    results[index] = exc
+            for index, reply in replies:
+                try:
+                    results[index] = await self._answer(reply)
+                except BrokerError as exc:
+                    results[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for topic, indexes in groups.items():
+                nursery.start_soon(publish_group, topic, indexes)
+        return results
+
+    async def _answer(self, reply: Reply[object]) -> object:
+        with trio.move_on_after(ANSWER_TIMEOUT):
+            return await reply.wait()
+        raise Unavailable("the topic did not answer in time")
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        subscriber: Subscriber,
+        pattern: str,
+        start: int | str = "latest",
+        ack: Callable[[SubscribeResult], object] | None = None,
+    ) -> SubscribeResult:
+        """Subscribe to a topic or wildcard pattern; `ack` is queued before any replay."""
+        validate_pattern(pattern)
+        if is_wildcard(pattern):
+            if isinstance(start, int):
+                raise InvalidFrame('a wildcard subscription takes "from": "latest" or "earliest"')
+            return await self._ask_directory(
+                lambda reply: SubscribePattern(subscriber, pattern, start, ack, reply)
+            )
+        for _ in range(LOOKUP_ATTEMPTS):
+            actor = await self._lookup(pattern, create=True)
+            assert actor is not None
+            try:
+                return await ask(
+                    actor.address,
+                    lambda reply: Subscribe(subscriber, pattern, start, ack, reply),
+                    timeout=ANSWER_TIMEOUT,
+                )
+            except ActorStopped:
+                continue
+            except AskTimeout as exc:
+                raise Unavailable(f"topic {pattern!r} did not answer in time") from exc
+        raise Unavailable(f"topic {pattern!r} kept retiring; retry")
+
+    async def unsubscribe(self, subscriber_id: int, pattern: str) -> bool:
+        """Remove one subscription; False if it did not exist."""
+        if is_wildcard(pattern):
+            return await self._ask_directory(
+                lambda reply: UnsubscribePattern(subscriber_id, pattern, reply)
+            )
+        actor = await self._lookup(pattern, create=False)
+        if actor is None:
+            return False
+        try:
+            return await ask(
+                actor.address,
+                lambda reply: Unsubscribe(subscriber_id, pattern, reply),
+                timeout=ANSWER_TIMEOUT,
+            )
+        except (ActorStopped, AskTimeout):
+            return False
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def topics(self, prefix: str = "") -> list[TopicStatistics]:
+        return [t.statistics() for t in await self._topics(prefix)]
+
+    async def topic(self, name: str) -> TopicStatistics:
+        return (await self._existing(name)).statistics()
+
+    async def subscribers(self, name: str) -> list[SubscriberInfo]:
+        return (await self._existing(name)).subscribers()
+
+    async def history(self, name: str, start: int, limit: int) -> HistoryPage:
+        actor = await self._existing(name)
+        try:
+            return await ask(
+                actor.address,
+                lambda reply: ReadHistory(start, limit, reply),
+                timeout=ANSWER_TIMEOUT,
+            )
+        except (ActorStopped, AskTimeout) as exc:
+            raise Unavailable(f"topic {name!r} did not answer in time") from exc
+
+    async def gauges(self) -> Gauges:
+        """Point-in-time figures for /metrics, read from every topic's statistics()."""
+        stats = await self.topics("")
+        return Gauges(
+            connections=self.connections,
+            topics=len(stats),
+            subscriptions=sum(s.subscribers for s in stats),
+            topic_mailbox_depth=sum(s.mailbox_depth for s in stats),
+            topic_mailbox_depth_max=max((s.mailbox_depth for s in stats), default=0),
+            retained_messages=sum(s.retained_messages for s in stats),
+            retained_bytes=sum(s.retained_bytes for s in stats),
+        )
+
+    async def inject_crash(self, name: str, error: str = "injected fault") -> None:
+        """Fault injection for tests: make topic `name` raise while handling a request."""
+        actor = await self._existing(name)
+        await actor.address.tell(Crash(error))
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _existing(self, name: str) -> TopicActor:
+        validate_topic(name)
+        actor = await self._lookup(name, create=False)
+        if actor is None:
+            raise TopicNotFound(f"no topic {name!r}")
+        return actor
+
+    async def _lookup(self, name: str, create: bool) -> TopicActor | None:
+        return await self._ask_directory(lambda reply: Lookup(name, create, reply))
+
+    async def _topics(self, prefix: str) -> list[TopicActor]:
+        return await self._ask_directory(lambda reply: ListTopics(prefix, reply))
+
+    async def _ask_directory(self, build: Callable[[Reply], DirectoryRequest]):  # type: ignore[no-untyped-def]
+        try:
+            return await ask(self._directory, build, timeout=ANSWER_TIMEOUT)
+        except (ActorStopped, AskTimeout) as exc:
+            raise Unavailable("the topic directory did not answer in time") from exc
+
+
+@asynccontextmanager
+async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
+    """Run a broker's actors for the duration of the block; cancelled on exit."""
+    counters = BrokerCounters()
+    metrics = BrokerMetrics(counters)
+    holder: list[TopicDirectory] = []
+
+    def on_topic_crash(name: str, error: BaseException, decision: Decision) -> None:
+        holder[0].on_topic_crash(name, error, decision)
+
+    async with open_supervisor("topics", on_crash=on_topic_crash) as topics:
+        directory = TopicDirectory(settings, counters, topics)
+        holder.append(directory)
+        async with open_supervisor("broker") as root:
+            address = await root.start(
+                "directory", directory.run, policy=DIRECTORY_RESTART_POLICY
+            )
+            try:
+                yield Broker(settings, address, counters, metrics)
+            finally:
+                root.cancel()
+                topics.cancel()
+
+
+__all__ = ["Broker", "open_broker"]

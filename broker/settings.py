@@ -1,0 +1,197 @@
+"""All configuration in one typed, frozen object, built from flags, `BROKER_*` env and TOML.
+
+Precedence: command-line flags, then environment, then the TOML file, then defaults.
+Per-topic overrides live in TOML tables keyed by pattern: `[topics."metrics.>"]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import BrokerError
+from .policies import SlowConsumerPolicy
+from .subjects import SubjectTrie, validate_pattern
+
+
+class SettingsError(BrokerError):
+    """A configuration value that cannot be used; raised at startup, never at run time."""
+
+    code = "invalid_settings"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """What a topic keeps and how it treats slow subscribers."""
+
+    # Retained messages per topic, by count and by payload bytes (whichever binds first).
+    history_messages: int = 1000
+    history_bytes: int = 16 * 1024 * 1024
+    # Publishes queued for the topic actor; past it publishers wait up to publish_timeout.
+    mailbox_size: int = 1024
+    slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole broker configuration. Every field can be set by flag, env or TOML."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ws_port: int = 8081
+    log_level: str = "info"
+    # Largest message payload accepted (NATS' default is 1 MiB too).
+    max_payload_bytes: int = 1024 * 1024
+    # Largest HTTP body (bulk publish carries many payloads).
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Seconds a publish waits for room in a full topic mailbox before answering 503.
+    publish_timeout: float = 1.0
+    # Frames queued per WebSocket connection: past this, the slow-consumer policy applies.
+    outbox_size: int = 4096
+    # Seconds a slow consumer's last write may take before the socket is just dropped.
+    close_timeout: float = 2.0
+    # Subscriptions one connection may hold; topics the broker may hold.
+    max_subscriptions: int = 1000
+    max_topics: int = 100_000
+    # A topic with no subscribers and no publish for this long is removed (0 disables).
+    topic_idle_seconds: float = 600.0
+    # Grace period for draining on SIGTERM/SIGINT before everything is cancelled.
+    drain_seconds: float = 5.0
+    # Seconds a WebSocket client has to complete its opening handshake.
+    handshake_timeout: float = 10.0
+    topic_defaults: TopicSettings = field(default_factory=TopicSettings)
+    topic_overrides: tuple[tuple[str, TopicSettings], ...] = ()
+
+    def for_topic(self, name: str) -> TopicSettings:
+        """The settings of topic `name`: the most specific matching override, or defaults.
+
+        Specificity: more literal tokens wins, then longer patterns; ties keep file order.
+        """
+        if not self.topic_overrides:
+            return self.topic_defaults
+        trie: SubjectTrie[int] = SubjectTrie()
+        for index, (pattern, _) in enumerate(self.topic_overrides):
+            trie.insert(pattern, index)
+        best: tuple[int, int, int] | None = None
+        for pattern, index in trie.match(name):
+            tokens = pattern.split(".")
+            literal = sum(1 for token in tokens if token not in ("*", ">"))
+            rank = (literal, len(tokens), -index)
+            if best is None or rank > best:
+                best = rank
+        if best is None:
+            return self.topic_defaults
+        return self.topic_overrides[-best[2]][1]
+
+
+_SCALARS = {f.name: f for f in fields(Settings) if f.name not in ("topic_defaults", "topic_overrides")}
+_TOPIC_FIELDS = {f.name: f for f in fields(TopicSettings)}
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+    try:
+        if kind_name == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind_name == "float":
+            return float(value)
+        if kind_name == "str":
+            return str(value)
+        if kind_name == "SlowConsumerPolicy":
+            return SlowConsumerPolicy(str(value))
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name!r}: cannot use {value!r} as {kind_name}") from exc
+    raise SettingsError(f"setting {name!r}: unsupported type {kind_name}")
+
+
+def _topic_settings(base: TopicSettings, table: Mapping[str, Any], where: str) -> TopicSettings:
+    changes = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in _TOPIC_FIELDS:
+            raise SettingsError(f"{where}: unknown topic setting {key!r}")
+        changes[name] = _convert(f"{where}.{key}", _TOPIC_FIELDS[name].type, value)
+    return dataclasses.replace(base, **changes)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | Path | None = None,
+) -> Settings:
+    """Build `Settings`: flags (None values ignored) over `BROKER_*` env over TOML file.
+
+    The TOML file may be named by `config_path`, or else by `BROKER_CONFIG`.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = os.environ if environ is None else environ
+    path = config_path or environ.get("BROKER_CONFIG")
+    values: dict[str, Any] = {}
+    topic_defaults = TopicSettings()
+    overrides: list[tuple[str, TopicSettings]] = []
+
+    if path:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+        for key, value in document.items():
+            name = key.replace("-", "_")
+            if name == "topics":
+                if not isinstance(value, dict):
+                    raise SettingsError("[topics] must be a table")
+                for pattern, table in value.items():
+                    if not isinstance(table, dict):
+                        raise SettingsError(f"[topics.{pattern!r}] must be a table")
+                    if pattern == "default":
+                        topic_defaults = _topic_settings(topic_defaults, table, "topics.default")
+                    else:
+                        overrides.append((pattern, table))  # type: ignore[arg-type]
+            elif name in _SCALARS:
+                values[name] = _convert(name, _SCALARS[name].type, value)
+            else:
+                raise SettingsError(f"unknown setting {key!r} in {path}")
+
+    for name, spec in _SCALARS.items():
+        env_key = f"BROKER_{name.upper()}"
+        if env_key in environ:
+            values[name] = _convert(env_key, spec.type, environ[env_key])
+    for name, value in flags.items():
+        if name not in _SCALARS:
+            raise SettingsError(f"unknown setting {name!r}")
+        values[name] = _convert(name, _SCALARS[name].type, value)
+
+    resolved: list[tuple[str, TopicSettings]] = []
+    for pattern, table in overrides:
+        try:
+            validate_pattern(pattern)
+        except BrokerError as exc:
+            raise SettingsError(f"[topics.{pattern!r}]: {exc.message}") from exc
+        resolved.append(
+            (pattern, _topic_settings(topic_defaults, table, f"topics.{pattern}"))  # type: ignore[arg-type]
+        )
+    settings = Settings(**values, topic_defaults=topic_defaults, topic_overrides=tuple(resolved))
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    positive = ("max_payload_bytes", "max_body_bytes", "outbox_size", "max_subscriptions",
+                "max_topics")
+    for name in positive:
+        if getattr(settings, name) < 1:
+            raise SettingsError(f"setting {name!r} must be at least 1")
+    for name in ("port", "ws_port"):
+        if not 0 <= getattr(settings, name) <= 65535:
+            raise SettingsError(f"setting {name!r} must be a TCP port (0 picks a free one)")
+    topics = [settings.topic_defaults, *(t for _, t in settings.topic_overrides)]
+    for topic in topics:
+        if topic.mailbox_size < 1 or topic.history_messages < 0 or topic.history_bytes < 0:
+            raise SettingsError("topic mailbox_size must be >= 1 and history limits >= 0")

@@ -1,0 +1,305 @@
+"""`TopicActor`: one per topic. Assigns offsets, retains history, forwards to subscribers.
+
+The actor's state (offsets, history, subscribers, mailbox) lives on the object, not in the
+task, so a supervisor restarting `run` after a crash keeps all of it: subscribers stay
+subscribed, history and offsets continue. Only the request that crashed is lost, and its
+asker is answered with `Unavailable`.
+
+Forwarding never waits: a frame goes into each subscriber's outbox with `send_nowait`, and
+a full outbox is handed to the topic's `SlowConsumerPolicy`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from actors import Address, Mailbox
+
+from .connection import Subscriber, SubscriberInfo
+from .errors import Unavailable
+from .history import History
+from .messages import (
+    Crash,
+    Flush,
+    HistoryPage,
+    Message,
+    Publish,
+    ReadHistory,
+    Stop,
+    Subscribe,
+    SubscribeResult,
+    TopicRequest,
+    Unsubscribe,
+)
+from .metrics import BrokerCounters
+from .policies import CloseReason, SlowConsumerPolicy
+from .settings import TopicSettings
+
+log = logging.getLogger("broker.topic")
+
+
+class TopicRetired(Exception):
+    """Raised to askers of a topic that has just retired; they look the topic up again."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicStatistics:
+    """One topic's figures, as listings and metrics show them."""
+
+    name: str
+    subscribers: int
+    next_offset: int
+    first_retained: int
+    retained_messages: int
+    retained_bytes: int
+    mailbox_depth: int
+    mailbox_capacity: int
+
+
+class _Subscription:
+    """A subscriber on this topic and the patterns (exact or wildcard) that brought it."""
+
+    __slots__ = ("patterns", "subscriber")
+
+    def __init__(self, subscriber: Subscriber, pattern: str) -> None:
+        self.subscriber = subscriber
+        self.patterns = {pattern}
+
+
+class TopicActor:
+    """See the module docstring. Start `run` under a supervisor; reach it via `address`."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: TopicSettings,
+        counters: BrokerCounters,
+        idle_seconds: float,
+        on_retired: Callable[[TopicActor], None],
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._counters = counters
+        self._idle_seconds = idle_seconds
+        self._on_retired = on_retired
+        self._mailbox: Mailbox[TopicRequest] = Mailbox(settings.mailbox_size)
+        self.address: Address[TopicRequest] = self._mailbox.address
+        self._history = History(settings.history_messages, settings.history_bytes)
+        self._subscriptions: dict[int, _Subscription] = {}
+        self.retired = False
+
+    # -- the actor loop ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Address[TopicRequest]]) -> None:
+        """Serve requests until retired. Restartable: state is kept across calls."""
+        task_status.started(self.address)
+        while not self.retired:
+            request = await self._next_request()
+            if request is None:
+                continue
+            try:
+                self._handle(request)
+            except Exception as exc:
+                reply = getattr(request, "reply", None)
+                if reply is not None:
+                    reply.fail(Unavailable(f"topic {self.name!r} failed: {exc}"))
+                raise
+
+    async def _next_request(self) -> TopicRequest | None:
+        """The next request; None after an idle period that did not retire the topic."""
+        if self._idle_seconds <= 0 or self._subscriptions:
+            return await self._mailbox.receive()
+        with trio.move_on_after(self._idle_seconds):
+            return await self._mailbox.receive()
+        self._retire_if_idle()
+        return None
+
+    def _retire_if_idle(self) -> None:
+        if self._subscriptions or self._mailbox.statistics().depth:
+            return
+        # Close first, then tell the directory: from here on any put to our address raises
+        # ActorStopped and the sender looks the topic up again, finding a fresh one.
+        self.retired = True
+        self._mailbox.close()
+        self._counters.topics_reaped += 1
+        self._on_retired(self)
+
+    def _handle(self, request: TopicRequest) -> None:
+        match request:
+            case Publish(payload, reply):
+                offset = self._history.next_offset
+                message = Message(
+                    self.name, offset, payload.data, payload.content_type, payload.kind,
+                    time.time(),
+                )
+                self._history.append(message)
+                self._counters.published += 1
+                reply.send(offset)
+                if self._subscriptions:
+                    self._forward(message)
+            case Subscribe(subscriber, pattern, start, ack, reply):
+                result = self._subscribe(subscriber, pattern, start, ack)
+                if reply is not None:
+                    reply.send(result)
+            case Unsubscribe(subscriber_id, pattern, reply):
+                removed = self._unsubscribe(subscriber_id, pattern)
+                if reply is not None:
+                    reply.send(removed)
+            case ReadHistory(start, limit, reply):
+                reply.send(
+                    HistoryPage(
+                        tuple(self._history.read(start, limit)),
+                        self._history.first_offset,
+                        self._history.next_offset,
+                    )
+                )
+            case Flush(reply):
+                reply.send(None)
+            case Stop(reply):
+                self._retire_if_idle()
+                reply.send(self.retired)
+            case Crash(error):
+                raise RuntimeError(error)
+
+    # -- subscribers ----------------------------------------------------------------------
+
+    def _forward(self, message: Message) -> None:
+        """Queue the message's frame in every subscriber's outbox, never waiting."""
+        forwarded = 0
+        evicted: list[int] = []
+        for subscriber_id, subscription in self._subscriptions.items():
+            subscriber = subscription.subscriber
+            try:
+                subscriber.outbox.send_nowait(message.rendered(subscriber.render))
+                forwarded += 1
+            except trio.WouldBlock:
+                self._on_full(subscriber)
+                evicted.append(subscriber_id)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                evicted.append(subscriber_id)  # the connection has gone; forget it
+        self._counters.forwarded += forwarded
+        for subscriber_id in evicted:
+            del self._subscriptions[subscriber_id]
+
+    def _on_full(self, subscriber: Subscriber) -> None:
+        policy = self.settings.slow_consumer_policy
+        if policy is SlowConsumerPolicy.DISCONNECT:
+            self._counters.slow_consumer_disconnects += 1
+            log.info(
+                "topic %s: closing slow consumer %d (%s)",
+                self.name, subscriber.id, subscriber.client,
+            )
+            subscriber.evict(CloseReason.SLOW_CONSUMER)
+        else:  # pragma: no cover - every policy must be handled above
+            raise AssertionError(f"unhandled slow-consumer policy {policy}")
+
+    def _subscribe(
+        self,
+        subscriber: Subscriber,
+        pattern: str,
+        start: int | str,
+        ack: Callable[[SubscribeResult], object] | None,
+    ) -> SubscribeResult:
+        """Add the subscriber; queue `ack`, then any replayed history, then live messages.
+
+        All in this one step of the actor, so there is no gap and no duplicate at the seam
+        between history and live messages.
+        """
+        history = self._history
+        existing = self._subscriptions.get(subscriber.id)
+        if existing is not None:
+            existing.patterns.add(pattern)
+            result = SubscribeResult(history.next_offset, history.next_offset, replayed=0)
+            self._queue_ack(subscriber, ack, result)
+            return result
+        if start == "latest":
+            replay: list[Message] = []
+        elif start == "earliest":
+            replay = history.read(history.first_offset)
+        else:
+            assert isinstance(start, int)
+            replay = history.read(start)
+        first = replay[0].offset if replay else history.next_offset
+        result = SubscribeResult(first, history.next_offset, replayed=len(replay))
+        if not self._queue_ack(subscriber, ack, result):
+            return result
+        for message in replay:
+            try:
+                subscriber.outbox.send_nowait(message.rendered(subscriber.render))
+            except trio.WouldBlock:
+                self._on_full(subscriber)
+                return SubscribeResult(first, history.next_offset, replayed=0)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return SubscribeResult(first, history.next_offset, replayed=0)
+        self._counters.forwarded += len(replay)
+        self._subscriptions[subscriber.id] = _Subscription(subscriber, pattern)
+        return result
+
+    def _queue_ack(
+        self,
+        subscriber: Subscriber,
+        ack: Callable[[SubscribeResult], object] | None,
+        result: SubscribeResult,
+    ) -> bool:
+        if ack is None:
+            return True
+        try:
+            subscriber.outbox.send_nowait(ack(result))
+        except trio.WouldBlock:
+            self._on_full(subscriber)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _unsubscribe(self, subscriber_id: int, pattern: str) -> bool:
+        subscription = self._subscriptions.get(subscriber_id)
+        if subscription is None or pattern not in subscription.patterns:
+            return False
+        subscription.patterns.discard(pattern)
+        if not subscription.patterns:
+            del self._subscriptions[subscriber_id]
+        return True
+
+    def attach(self, subscriber: Subscriber, pattern: str) -> None:
+        """Add a subscriber before the actor starts (wildcard subscribers of a new topic)."""
+        subscription = self._subscriptions.get(subscriber.id)
+        if subscription is None:
+            self._subscriptions[subscriber.id] = _Subscription(subscriber, pattern)
+        else:
+            subscription.patterns.add(pattern)
+
+    def fail(self, reason: CloseReason) -> None:
+        """Give up after the supervisor stopped this topic: close subscribers, retire.
+
+        Called when the actor's task is no longer running, so nothing else touches state.
+        """
+        for subscription in self._subscriptions.values():
+            subscription.subscriber.evict(reason)
+        self._subscriptions.clear()
+        self.retired = True
+        self._mailbox.close()
+        self._on_retired(self)
+
+    # -- inspection (read-only, safe from any task) ----------------------------------------
+
+    def subscribers(self) -> list[SubscriberInfo]:
+        return [s.subscriber.info() for s in self._subscriptions.values()]
+
+    def statistics(self) -> TopicStatistics:
+        mailbox = self._mailbox.statistics()
+        return TopicStatistics(
+            name=self.name,
+            subscribers=len(self._subscriptions),
+            next_offset=self._history.next_offset,
+            first_retained=self._history.first_offset,
+            retained_messages=len(self._history),
+            retained_bytes=self._history.retained_bytes,
+            mailbox_depth=mailbox.depth,
+            mailbox_capacity=mailbox.capacity,
+        )
