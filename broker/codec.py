@@ -259,10 +259,7 @@ def parse_start(value: Any) -> int | str:
 def decode_request(fmt: WireFormat, frame: bytes | str, max_payload_bytes: int) -> ClientRequest:
     """Decode one client frame into a request object, or raise `RequestRejected`."""
     try:
-        if fmt is WireFormat.JSON:
-            obj = orjson.loads(frame)
-        else:
-            obj = cbor2.loads(frame)
+        obj = orjson.loads(frame) if fmt is WireFormat.JSON else cbor2.loads(frame)
     except Exception as exc:
         raise RequestRejected(InvalidFrame(f"frame is not valid {fmt.name}: {exc}")) from exc
     if not isinstance(obj, dict):
@@ -289,9 +286,11 @@ def _request_from_object(
         if "data" not in obj:
             raise InvalidFrame('"publish" needs a "data" field')
         if fmt is WireFormat.JSON:
-            data, content_type, kind = orjson.dumps(obj["data"]), "application/json", PayloadKind.JSON
+            data, kind = orjson.dumps(obj["data"]), PayloadKind.JSON
+            content_type = "application/json"
         else:
-            data, content_type, kind = cbor2.dumps(obj["data"]), "application/cbor", PayloadKind.CBOR
+            data, kind = cbor2.dumps(obj["data"]), PayloadKind.CBOR
+            content_type = "application/cbor"
         if len(data) > max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload is {len(data)} bytes; the limit is {max_payload_bytes}"

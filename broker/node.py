@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import trio
 
@@ -43,8 +42,17 @@ from .directory import (
     UnsubscribePattern,
 )
 from .errors import BrokerError, Draining, InvalidFrame, TopicBusy, TopicNotFound, Unavailable
-from .messages import Crash, Flush, HistoryPage, Payload, Publish, ReadHistory, Subscribe
-from .messages import SubscribeResult, Unsubscribe
+from .messages import (
+    Crash,
+    Flush,
+    HistoryPage,
+    Payload,
+    Publish,
+    ReadHistory,
+    Subscribe,
+    SubscribeResult,
+    Unsubscribe,
+)
 from .metrics import BrokerCounters, BrokerMetrics, Gauges
 from .settings import Settings
 from .subjects import is_wildcard, validate_pattern, validate_topic

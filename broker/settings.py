@@ -89,7 +89,9 @@ class Settings:
         return self.topic_overrides[-best[2]][1]
 
 
-_SCALARS = {f.name: f for f in fields(Settings) if f.name not in ("topic_defaults", "topic_overrides")}
+_SCALARS = {
+    f.name: f for f in fields(Settings) if f.name not in ("topic_defaults", "topic_overrides")
+}
 _TOPIC_FIELDS = {f.name: f for f in fields(TopicSettings)}
 
 

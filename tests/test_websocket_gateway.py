@@ -1,0 +1,194 @@
+"""The WebSocket gateway under bad input: every kind gets the contract's answer.
+
+Other clients are unaffected and the broker keeps serving; each test checks both.
+"""
+
+from __future__ import annotations
+
+import cbor2
+import httpx
+import orjson
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected
+
+from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
+from .rawws import RawWebSocket, masked_frame
+
+
+async def assert_still_serving(running: RunningBroker) -> None:
+    """A fresh subscriber gets a freshly published message: the broker is fine."""
+    async with websocket(running, "topic=canary") as ws, httpx.AsyncClient() as http:
+        await request(ws, op="ping", id=0)
+        response = await http.post(f"{running.http_url}/v1/topics/canary", json="alive")
+        assert response.status_code == 202
+        assert (await receive(ws))["data"] == "alive"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "request_id"),
+    [
+        ("{not json", "invalid_frame", None),
+        ("[1, 2]", "invalid_frame", None),
+        ('{"id": 3}', "invalid_frame", 3),
+        ('{"op": "dance", "id": 4}', "unknown_op", 4),
+        ('{"op": "subscribe", "id": 5}', "invalid_frame", 5),
+        ('{"op": "subscribe", "topic": 5, "id": 6}', "invalid_topic", 6),
+        ('{"op": "subscribe", "topic": "a..b", "id": 7}', "invalid_topic", 7),
+        ('{"op": "subscribe", "topic": "a", "from": -1, "id": 8}', "invalid_frame", 8),
+        ('{"op": "publish", "topic": "a.*", "data": 1, "id": 9}', "invalid_topic", 9),
+        ('{"op": "publish", "topic": "a", "id": 10}', "invalid_frame", 10),
+        ('{"op": "unsubscribe", "topic": "never", "id": 11}', "not_subscribed", 11),
+    ],
+)
+async def test_a_malformed_request_gets_an_error_frame_and_the_connection_stays_open(
+    running: RunningBroker, frame: str, code: str, request_id: object
+) -> None:
+    async with websocket(running) as ws:
+        await ws.send_message(frame)
+        error = await receive(ws)
+        assert error["op"] == "error"
+        assert error["code"] == code
+        assert error["id"] == request_id
+        assert error["message"]
+        assert await request(ws, op="ping", id="after") == {"op": "ok", "id": "after"}
+
+
+async def test_a_binary_frame_on_a_json_connection_is_an_error_frame(
+    running: RunningBroker,
+) -> None:
+    async with websocket(running) as ws:
+        await ws.send_message(b"\x01\x02")
+        assert (await receive(ws))["code"] == "invalid_frame"
+        assert (await request(ws, op="ping", id=1))["op"] == "ok"
+
+
+async def test_malformed_cbor_on_a_cbor_connection_is_an_error_frame(
+    running: RunningBroker,
+) -> None:
+    async with websocket(running, subprotocol="broker.v1.cbor") as ws:
+        await ws.send_message(b"\xff\x00")
+        error = await receive(ws)
+        assert error["op"] == "error" and error["code"] == "invalid_frame"
+        await ws.send_message(cbor2.dumps({"op": "ping", "id": b"x"}))
+        assert await receive(ws) == {"op": "ok", "id": b"x"}
+
+
+async def test_a_publish_over_the_payload_limit_is_an_error_frame(
+    start_broker: StartBroker,
+) -> None:
+    running = await start_broker(max_payload_bytes=100)
+    async with websocket(running) as ws:
+        reply = await request(ws, op="publish", topic="t", data="x" * 200, id=1)
+        assert reply["code"] == "payload_too_large" and reply["id"] == 1
+
+
+async def test_a_client_that_keeps_sending_garbage_is_closed_with_1008(
+    running: RunningBroker,
+) -> None:
+    async with websocket(running) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(20):
+                await ws.send_message("garbage")
+                await receive(ws)
+        assert closed.value.reason.code == 1008
+    await assert_still_serving(running)
+
+
+async def test_a_frame_over_the_size_limit_closes_with_1009(start_broker: StartBroker) -> None:
+    running = await start_broker(max_payload_bytes=1000)
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    # Header and the first chunk only: the broker must not wait for the whole frame.
+    await raw.send(masked_frame(0x1, b"x" * 200_000)[:70_000])
+    _, close = await raw.read_until_close()
+    assert close is not None and close.close_code == 1009
+    await raw.aclose()
+    await assert_still_serving(running)
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007(running: RunningBroker) -> None:
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    await raw.send(masked_frame(0x1, b"\xc3\x28"))
+    _, close = await raw.read_until_close()
+    assert close is not None and close.close_code == 1007
+    await raw.aclose()
+
+
+async def test_a_protocol_violation_closes_with_1002(running: RunningBroker) -> None:
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    await raw.send(b"\x81\x05hello")  # an unmasked client frame breaks RFC 6455
+    _, close = await raw.read_until_close()
+    assert close is not None and close.close_code == 1002
+    await raw.aclose()
+    await assert_still_serving(running)
+
+
+async def test_a_client_that_vanishes_mid_frame_disturbs_no_one(
+    running: RunningBroker,
+) -> None:
+    broker = running.broker
+    async with websocket(running, "topic=shared") as healthy:
+        await request(healthy, op="ping", id=0)
+        raws = []
+        for _ in range(20):
+            raw = await RawWebSocket.connect(running.addresses.ws_port, "/v1/ws?topic=shared")
+            raws.append(raw)
+        await wait_until(lambda: _subscribers(running, "shared", 21))
+        for raw in raws:
+            await raw.send(masked_frame(0x1, b'{"op": "ping", "id": 1}')[:9])
+            await raw.aclose()
+        await wait_until(lambda: _subscribers(running, "shared", 1))
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{running.http_url}/v1/topics/shared", json="still here")
+        assert (await receive(healthy))["data"] == "still here"
+        await wait_until(_connections_equal(broker, 1))
+
+
+async def _subscribers(running: RunningBroker, topic: str, count: int) -> bool:
+    listing = await running.broker.subscribers(topic)
+    return len(listing) == count
+
+
+def _connections_equal(broker, count: int):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return broker.connections == count
+
+    return check
+
+
+async def test_a_request_for_another_path_is_a_json_404(running: RunningBroker) -> None:
+    raw = await RawWebSocket.connect(running.addresses.ws_port, "/elsewhere")
+    assert raw.status == 404
+    body = await raw.read_body()
+    assert orjson.loads(body)["error"]["code"] == "not_found"
+
+
+async def test_an_invalid_topic_in_the_connect_query_is_rejected_with_400(
+    running: RunningBroker,
+) -> None:
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with websocket(running, "topic=bad..name"):
+            pass
+    assert rejected.value.status_code == 400
+    assert orjson.loads(rejected.value.body)["error"]["code"] == "invalid_topic"
+
+
+async def test_a_plain_http_request_on_the_websocket_port_is_400(
+    running: RunningBroker,
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", running.addresses.ws_port)
+    await stream.send_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5):
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400")
+    await stream.aclose()
+
+
+async def test_the_client_name_appears_in_presence(running: RunningBroker) -> None:
+    async with websocket(running, "topic=p&client=dashboard-1") as ws:
+        await request(ws, op="ping", id=0)
+        listing = await running.broker.subscribers("p")
+        assert [s.client for s in listing] == ["dashboard-1"]
+        assert listing[0].connection_id > 0
