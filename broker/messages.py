@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
+
 from actors import Reply
 
 from .codec import PayloadKind
@@ -118,7 +120,15 @@ class Crash:
     error: str
 
 
-TopicRequest = Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Stop | Crash
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Test-only: the topic waits for `resume` before taking its next request (fault
+    injection to make a mailbox fill up deterministically)."""
+
+    resume: trio.Event
+
+
+TopicRequest = Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Stop | Crash | Pause
 
 
 @dataclass(frozen=True, slots=True)

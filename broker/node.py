@@ -46,6 +46,7 @@ from .messages import (
     Crash,
     Flush,
     HistoryPage,
+    Pause,
     Payload,
     Publish,
     ReadHistory,
@@ -286,6 +287,11 @@ class Broker:
         """Fault injection for tests: make topic `name` raise while handling a request."""
         actor = await self._existing(name)
         await actor.address.tell(Crash(error))
+
+    async def pause_topic(self, name: str, resume: trio.Event) -> None:
+        """Fault injection for tests: topic `name` takes no request until `resume` is set."""
+        actor = await self._existing(name)
+        await actor.address.tell(Pause(resume))
 
     # -- internals -----------------------------------------------------------------------
 

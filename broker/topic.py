@@ -28,6 +28,7 @@ from .messages import (
     Flush,
     HistoryPage,
     Message,
+    Pause,
     Publish,
     ReadHistory,
     Stop,
@@ -101,6 +102,9 @@ class TopicActor:
         while not self.retired:
             request = await self._next_request()
             if request is None:
+                continue
+            if type(request) is Pause:
+                await request.resume.wait()
                 continue
             try:
                 self._handle(request)
