@@ -49,3 +49,14 @@ def test_inner_layers_use_no_io_framework(layer: str) -> None:
         if imported_modules(path) - allowed
     }
     assert offenders == {}
+
+
+def test_the_code_is_ruff_clean() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "."],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
