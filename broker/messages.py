@@ -107,13 +107,6 @@ class Flush:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
-    """Ask the topic to stop if it is still idle; pending requests are turned away."""
-
-    reply: Reply[bool]
-
-
-@dataclass(frozen=True, slots=True)
 class Crash:
     """Test-only poison message: the topic raises while handling it (fault injection)."""
 
@@ -128,7 +121,7 @@ class Pause:
     resume: trio.Event
 
 
-TopicRequest = Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Stop | Crash | Pause
+TopicRequest = Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Crash | Pause
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,6 @@ from .messages import (
     Pause,
     Publish,
     ReadHistory,
-    Stop,
     Subscribe,
     SubscribeResult,
     TopicRequest,
@@ -164,9 +163,6 @@ class TopicActor:
                 )
             case Flush(reply):
                 reply.send(None)
-            case Stop(reply):
-                self._retire_if_idle()
-                reply.send(self.retired)
             case Crash(error):
                 raise RuntimeError(error)
 
