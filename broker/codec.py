@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,9 +95,19 @@ def check_payload(data: bytes, content_type: str | None, max_bytes: int) -> Payl
     return kind
 
 
+def load_cbor_item(data: bytes) -> Any:
+    """Decode exactly one CBOR item; trailing bytes are an error (`cbor2.loads` ignores
+    them, which would let a payload mean one thing to CBOR and another to JSON readers)."""
+    stream = io.BytesIO(data)
+    value = cbor2.CBORDecoder(stream).decode()
+    if stream.tell() != len(data):
+        raise ValueError(f"{len(data) - stream.tell()} bytes after the CBOR item")
+    return value
+
+
 def _load_cbor(data: bytes, what: str) -> Any:
     try:
-        return cbor2.loads(data)
+        return load_cbor_item(data)
     except Exception as exc:  # cbor2 raises several unrelated types for bad input
         raise InvalidPayload(f"{what} is not valid CBOR: {exc}") from exc
 
@@ -259,7 +270,7 @@ def parse_start(value: Any) -> int | str:
 def decode_request(fmt: WireFormat, frame: bytes | str, max_payload_bytes: int) -> ClientRequest:
     """Decode one client frame into a request object, or raise `RequestRejected`."""
     try:
-        obj = orjson.loads(frame) if fmt is WireFormat.JSON else cbor2.loads(frame)
+        obj = orjson.loads(frame) if fmt is WireFormat.JSON else load_cbor_item(frame)
     except Exception as exc:
         raise RequestRejected(InvalidFrame(f"frame is not valid {fmt.name}: {exc}")) from exc
     if not isinstance(obj, dict):

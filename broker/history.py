@@ -36,7 +36,7 @@ class History:
 
     def append(self, message: Message) -> None:
         self.next_offset = message.offset + 1
-        if self.max_messages <= 0 or len(message.data) > self.max_bytes:
+        if self.max_messages <= 0 or self.max_bytes <= 0 or len(message.data) > self.max_bytes:
             self._messages.clear()
             self._bytes = 0
             return

@@ -98,14 +98,20 @@ _TOPIC_FIELDS = {f.name: f for f in fields(TopicSettings)}
 def _convert(name: str, kind: Any, value: Any) -> Any:
     kind_name = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
     try:
+        # Strings come from env and flags; TOML and callers give typed values, which must
+        # already be of the right type: no silent truncation of 8080.5 to 8080.
         if kind_name == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError
             return int(value)
         if kind_name == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError
             return float(value)
         if kind_name == "str":
-            return str(value)
+            if not isinstance(value, str):
+                raise ValueError
+            return value
         if kind_name == "SlowConsumerPolicy":
             return SlowConsumerPolicy(str(value))
     except (TypeError, ValueError) as exc:

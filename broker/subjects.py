@@ -116,9 +116,9 @@ class SubjectTrie(Generic[V]):
                 return None
             path.append((node, token))
             node = child
-        value = node.values.pop(pattern, None)
-        if value is None:
+        if pattern not in node.values:
             return None
+        value = node.values.pop(pattern)
         self._size -= 1
         for parent, token in reversed(path):
             child = parent.children[token]

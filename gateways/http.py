@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cbor2
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
@@ -107,7 +106,10 @@ def create_app(broker: Broker, ready: Any) -> QuartTrio:
             )
         body = await request.get_data(cache=False)
         try:
-            document = orjson.loads(body) if kind is codec.PayloadKind.JSON else cbor2.loads(body)
+            document = (
+                orjson.loads(body) if kind is codec.PayloadKind.JSON
+                else codec.load_cbor_item(body)
+            )
         except Exception as exc:
             raise InvalidPayload(f"body is not valid {kind.name}: {exc}") from exc
         batch = codec.decode_batch(document, kind, settings.max_payload_bytes)
