@@ -44,7 +44,7 @@ def _error(error: BrokerError) -> Response:
 
 def _topic_view(stats: TopicStatistics) -> dict[str, Any]:
     return {
-        "topic": stats.name,
+        "name": stats.name,
         "subscribers": stats.subscribers,
         "next_offset": stats.next_offset,
         "first_offset": stats.first_retained,

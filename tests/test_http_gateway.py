@@ -139,7 +139,7 @@ async def test_topic_listing_and_description(http: httpx.AsyncClient) -> None:
     for topic in ("orders.eu", "orders.us", "users.new", "orders.eu"):
         await http.post(f"/v1/topics/{topic}", json=1)
     listing = (await http.get("/v1/topics", params={"prefix": "orders."})).json()
-    assert [t["topic"] for t in listing["topics"]] == ["orders.eu", "orders.us"]
+    assert [t["name"] for t in listing["topics"]] == ["orders.eu", "orders.us"]
     one = (await http.get("/v1/topics/orders.eu")).json()
     assert one["next_offset"] == 2 and one["retained"] == 2 and one["subscribers"] == 0
 
