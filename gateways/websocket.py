@@ -248,15 +248,16 @@ class WebSocketConnection:
         self.close_reason = reason
         await self._stream.send_all(data)
 
-    async def _send_control(self, data: bytes) -> None:
-        """Queue a reply frame behind pending messages (waits if the outbox is full)."""
+    async def _queue(self, item: ControlFrame | _Close) -> None:
+        """Queue a non-message item behind pending frames (the reader waits if the outbox
+        is full: a client that does not read its replies slows only itself)."""
         try:
-            await self._send.send(ControlFrame(data))
+            await self._send.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            pass  # the writer has finished; nothing more will be written
 
     async def _reply(self, data: bytes) -> None:
-        await self._send_control(self._frame_wrap(data))
+        await self._queue(ControlFrame(self._frame_wrap(data)))
 
     # -- reading -------------------------------------------------------------------------
 
@@ -295,11 +296,11 @@ class WebSocketConnection:
                             await self._close(CloseReason.POLICY_VIOLATION)
                             return
                 elif isinstance(event, Ping):
-                    await self._send_control(ws.send(event.response()))
+                    await self._queue(ControlFrame(ws.send(event.response())))
                 elif isinstance(event, CloseConnection):
                     if ws.state is ConnectionState.REMOTE_CLOSING:
                         # The client closes: answer with the same code after pending frames.
-                        await self._send_queued_close(CloseReason.CLIENT_CLOSED)
+                        await self._queue(_Close(CloseReason.CLIENT_CLOSED))
                         return
                     if ws.state is ConnectionState.CLOSED:
                         return  # the client's answer to our close
@@ -313,16 +314,10 @@ class WebSocketConnection:
             assert self._nursery_scope is not None
             self._nursery_scope.cancel()
 
-    async def _send_queued_close(self, reason: CloseReason) -> None:
-        try:
-            await self._send.send(_Close(reason))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
     async def _close(self, reason: CloseReason) -> None:
         """Close now for a protocol-level reason (pending messages are still written first)."""
         log.info("connection %d: closing: %s", self.id, reason.reason)
-        await self._send_queued_close(reason)
+        await self._queue(_Close(reason))
 
     async def _handle_frame(self, frame: str | bytes, is_text: bool) -> bool:
         """Serve one client request; False if it was invalid (an error frame was sent)."""
