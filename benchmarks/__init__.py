@@ -1,0 +1,1 @@
+"""Benchmarks for the broker: lean load-generating clients and runnable scenarios."""
