@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 
+from gateways.wsframe import client_frame
+
 # HTTP responses are small: a modest receive size keeps recv's allocation cheap.
 HTTP_RECEIVE_SIZE = 65536
 # WebSocket frames are received into one preallocated buffer of this size (recv_into: no
@@ -247,22 +249,7 @@ class HttpClient:
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:
     """One final client-to-server frame, masked with a random key."""
-    length = len(payload)
-    first = 0x80 | opcode
-    if length < 126:
-        header = bytes((first, 0x80 | length))
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
-    key = os.urandom(4)
-    if not length:
-        return header + key
-    keystream = (key * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(
-        length, "big"
-    )
-    return header + key + masked
+    return client_frame(opcode, payload)
 
 
 class WsSubscriber:

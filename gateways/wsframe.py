@@ -7,6 +7,7 @@ Checked against wsproto's parser in tests/test_wsframe.py.
 
 from __future__ import annotations
 
+import os
 import struct
 
 OPCODE_TEXT = 0x1
@@ -20,15 +21,34 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
-def frame(opcode: int, payload: bytes) -> bytes:
-    """One final, unmasked frame carrying `payload`."""
-    length = len(payload)
-    first = _FIN | opcode
+def _header(first: int, length: int, mask_bit: int) -> bytes:
     if length < 126:
-        return bytes((first, length)) + payload
+        return bytes((first, mask_bit | length))
     if length < 65536:
-        return _HEADER_16.pack(first, 126, length) + payload
-    return _HEADER_64.pack(first, 127, length) + payload
+        return _HEADER_16.pack(first, mask_bit | 126, length)
+    return _HEADER_64.pack(first, mask_bit | 127, length)
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked (server-to-client) frame carrying `payload`."""
+    return _header(_FIN | opcode, len(payload), 0) + payload
+
+
+def client_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, key: bytes | None = None
+) -> bytes:
+    """A client-to-server frame, masked as RFC 6455 requires (clients, tests, benchmarks).
+
+    `key` is the 4-byte masking key (random when None); `fin=False` starts a fragment.
+    """
+    key = os.urandom(4) if key is None else key
+    length = len(payload)
+    header = _header((_FIN if fin else 0) | opcode, length, 0x80)
+    if not length:
+        return header + key
+    keystream = (key * (length // 4 + 1))[:length]
+    masked = int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")
+    return header + key + masked.to_bytes(length, "big")
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import trio
 
+from gateways.wsframe import client_frame
+
 from .conftest import TIMEOUT
 
 
@@ -30,17 +32,7 @@ class Frame:
 
 def masked_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     """A client frame (clients must mask), FIN set unless `fin` is False."""
-    mask = os.urandom(4)
-    length = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    if length < 126:
-        header = bytes((first, 0x80 | length))
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return header + mask + body
+    return client_frame(opcode, payload, fin=fin)
 
 
 class RawWebSocket:

@@ -14,7 +14,14 @@ from wsproto.events import (
     TextMessage,
 )
 
-from gateways.wsframe import OPCODE_PING, binary_frame, frame, text_frame
+from gateways.wsframe import (
+    OPCODE_BINARY,
+    OPCODE_PING,
+    binary_frame,
+    client_frame,
+    frame,
+    text_frame,
+)
 
 LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
@@ -112,3 +119,20 @@ def test_ping_frame_is_a_control_frame_the_client_sees_as_ping() -> None:
     assert isinstance(events[0], Ping)
     assert events[0].payload == b"hi"
 
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 65536])
+def test_client_frames_are_masked_and_parse_on_a_wsproto_server(length: int) -> None:
+    client = WSConnection(ConnectionType.CLIENT)
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="x", target="/v1/ws")))
+    assert any(isinstance(e, Request) for e in server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    list(client.events())
+    payload = bytes(range(256)) * (length // 256) + bytes(range(length % 256))
+    data = client_frame(OPCODE_BINARY, payload, key=b"\x01\x02\x03\x04")
+    assert data[1] & 0x80  # the mask bit is set
+    assert payload not in data or length == 0
+    server.receive_data(data)
+    received = b"".join(e.data for e in server.events() if isinstance(e, BytesMessage))
+    assert received == payload
