@@ -84,6 +84,9 @@ class Broker:
         self.metrics = metrics
         self._directory = directory
         self._draining = False
+        # Publishes past the draining check and not yet answered; drain waits for them.
+        self._in_flight = 0
+        self._settled = trio.Event()
         self._publish_timer = metrics.publish_seconds.observe
         # Connections open now; kept by the WebSocket gateway, read by metrics.
         self.connections = 0
@@ -97,6 +100,23 @@ class Broker:
     def begin_drain(self) -> None:
         """Refuse new publishes from now on (`Draining`, HTTP 503); readiness turns false."""
         self._draining = True
+        if self._in_flight == 0:
+            self._settled.set()
+
+    async def wait_settled(self) -> None:
+        """After `begin_drain`: wait until no accepted publish is still on its way."""
+        await self._settled.wait()
+
+    def _publish_started(self) -> None:
+        if self._draining:
+            self.counters.reject(Draining.code)
+            raise Draining("the broker is shutting down")
+        self._in_flight += 1
+
+    def _publish_ended(self) -> None:
+        self._in_flight -= 1
+        if self._draining and self._in_flight == 0:
+            self._settled.set()
 
     async def flush(self) -> None:
         """Wait until every topic has processed what was queued before this call."""
@@ -120,10 +140,14 @@ class Broker:
         Waits up to `publish_timeout` for room in the topic's mailbox, then raises
         `TopicBusy` (the message was not accepted). Raises `Draining` during shutdown.
         """
-        if self._draining:
-            self.counters.reject(Draining.code)
-            raise Draining("the broker is shutting down")
         validate_topic(topic)
+        self._publish_started()
+        try:
+            return await self._publish(topic, payload)
+        finally:
+            self._publish_ended()
+
+    async def _publish(self, topic: str, payload: Payload) -> int:
         started = time.perf_counter()
         for _ in range(LOOKUP_ATTEMPTS):
             actor = await self._lookup(topic, create=True)
@@ -154,9 +178,13 @@ class Broker:
         Messages are grouped by topic; each topic's group is sent in order by its own task,
         so topics proceed in parallel and a batch is never funnelled through one actor.
         """
-        if self._draining:
-            self.counters.reject(Draining.code)
-            raise Draining("the broker is shutting down")
+        self._publish_started()
+        try:
+            return await self._publish_many(batch)
+        finally:
+            self._publish_ended()
+
+    async def _publish_many(self, batch: list[tuple[str, Payload]]) -> list[int | BrokerError]:
         results: list[int | BrokerError] = [0] * len(batch)
         groups: dict[str, list[int]] = {}
         for index, (topic, _) in enumerate(batch):

@@ -8,9 +8,10 @@
         └── hypercorn serving the quart-trio app
 
 Drain (on `stop`): readiness turns 503 and publishes are refused; both listeners stop
-accepting (hypercorn finishes in-flight requests); topics process what is already in
-their mailboxes; every WebSocket gets its queued frames and then a 1001 close. Each step
-is bounded by `drain_seconds`; past it the rest is cancelled.
+accepting (hypercorn finishes in-flight requests, concurrently with the rest); publishes
+already in flight get their offsets; topics process what is already in their mailboxes;
+every WebSocket gets its queued frames and then a 1001 close. Each step is bounded by
+`drain_seconds`; past it the rest is cancelled.
 """
 
 from __future__ import annotations
@@ -86,25 +87,30 @@ async def serve(
             with ws_listener:
                 await serve_websocket(broker, closing, connections, task_status=task_status)
 
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as listeners:
-                ws_port = await listeners.start(run_ws_listener)
-                binds = await listeners.start(
-                    partial(
-                        hypercorn_serve, app, _hypercorn_config(settings),
-                        shutdown_trigger=stop.wait,
-                    )
+        async with trio.open_nursery() as connections, trio.open_nursery() as listeners:
+            ws_port = await listeners.start(run_ws_listener)
+            binds = await listeners.start(
+                partial(
+                    hypercorn_serve, app, _hypercorn_config(settings),
+                    shutdown_trigger=stop.wait,
                 )
-                port = int(binds[0].rsplit(":", 1)[1])
-                ready = True
-                task_status.started(Addresses(settings.host, port, ws_port, broker))
-                await stop.wait()
-                log.info("draining: no new connections or publishes")
-                broker.begin_drain()
-                ws_listener.cancel()
-                listeners.cancel_scope.deadline = trio.current_time() + settings.drain_seconds
-            with trio.move_on_after(settings.drain_seconds):
-                await broker.flush()
-            closing.set()
-            connections.cancel_scope.deadline = trio.current_time() + settings.drain_seconds
+            )
+            port = int(binds[0].rsplit(":", 1)[1])
+            ready = True
+            task_status.started(Addresses(settings.host, port, ws_port, broker))
+            await stop.wait()
+            log.info("draining: no new connections or publishes")
+            broker.begin_drain()
+            ws_listener.cancel()
+            deadline = trio.current_time() + settings.drain_seconds
+            # hypercorn drains on its own (it also waits for idle keep-alive clients,
+            # which must not hold back the WebSockets), bounded by the same deadline.
+            listeners.cancel_scope.deadline = deadline
+            with trio.move_on_at(deadline):
+                await broker.wait_settled()  # publishes in flight got their offsets
+                await broker.flush()  # ... and topics queued them to every outbox
+            closing.set()  # now each WebSocket writes what it has, then 1001
+            connections.cancel_scope.deadline = (
+                trio.current_time() + settings.drain_seconds
+            )
         log.info("drained")
