@@ -59,6 +59,11 @@ class Mailbox(Generic[T]):
         """Close the mailbox's own send handle, so iteration ends once every clone is closed."""
         self._send.close()
 
+    @property
+    def depth(self) -> int:
+        """Messages waiting now (cheaper than `statistics()` on hot paths)."""
+        return self._receive.statistics().current_buffer_used
+
     def statistics(self) -> MailboxStatistics:
         stats = self._receive.statistics()
         return MailboxStatistics(

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker
+from .outbox import Offer, Outbox
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import Settings, SettingsError, TopicSettings, load_settings
 from .subjects import SubjectTrie, pattern_matches, validate_pattern, validate_topic
@@ -40,6 +41,8 @@ __all__ = [
     "InvalidTopic",
     "Message",
     "NotSubscribed",
+    "Offer",
+    "Outbox",
     "Payload",
     "PayloadKind",
     "PayloadTooLarge",

@@ -1,9 +1,9 @@
 """The domain half of a connection: what topics see of a subscriber.
 
-A `Subscriber` is an id, a client name, a wire-format renderer and the send side of the
-connection's bounded outbox. Topics put pre-rendered frames into the outbox with
-`send_nowait` (a topic never waits for one subscriber) and, when it is full, apply their
-slow-consumer policy through `evict`. The socket side lives in `gateways/websocket.py`.
+A `Subscriber` is an id, a client name and the connection's bounded `Outbox`. Topics offer
+messages to the outbox (a topic never waits for one subscriber) and, when it is full, apply
+their slow-consumer policy, which may `evict`. The socket side lives in
+`gateways/websocket.py`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
-
-from .messages import Message
+from .outbox import Outbox
 from .policies import CloseReason
 
 _ids = itertools.count(1)
@@ -43,22 +41,20 @@ class SubscriberInfo:
 
 
 class Subscriber:
-    """A connection as topics see it. Only `offer`/`evict` are called by topics."""
+    """A connection as topics see it: topics use `outbox.offer` and `evict` only."""
 
-    __slots__ = ("_on_evict", "client", "id", "outbox", "render", "since")
+    __slots__ = ("_on_evict", "client", "id", "outbox", "since")
 
     def __init__(
         self,
         connection_id: int,
         client: str,
-        render: Callable[[Message], bytes],
-        outbox: trio.MemorySendChannel[object],
+        outbox: Outbox,
         on_evict: Callable[[CloseReason], None],
     ) -> None:
         self.id = connection_id
         self.client = client
         self.since = time.time()
-        self.render = render
         self.outbox = outbox
         self._on_evict = on_evict
 

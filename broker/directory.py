@@ -183,10 +183,9 @@ class TopicDirectory:
         holders[subscriber.id] = subscriber
         result = SubscribeResult(0, 0, replayed=0)
         if ack is not None:
-            try:
-                subscriber.outbox.send_nowait(ack(result))
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the first forwarded message will find the same outbox state
+            # If this does not fit, the first forwarded message finds the same outbox state
+            # and the topic's policy applies then.
+            subscriber.outbox.offer_control(ack(result))
         for name, topic in list(self._topics.items()):
             if not topic.retired and pattern_matches(pattern, name):
                 try:

@@ -37,10 +37,13 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import BrokerCounters
+from .outbox import Offer
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import TopicSettings
 
 log = logging.getLogger("broker.topic")
+
+ACCEPTED, FULL = Offer.ACCEPTED, Offer.FULL
 
 # Requests handled per scheduling turn before the topic yields to other tasks: large
 # enough to batch a burst, small enough (~1 ms of work) to keep other topics responsive.
@@ -193,15 +196,15 @@ class TopicActor:
         """Queue the message's frame in every subscriber's outbox, never waiting."""
         forwarded = 0
         evicted: list[int] = []
+        lone = not self._mailbox.depth  # more right behind: let the outboxes batch them
         for subscriber_id, subscription in self._subscriptions.items():
-            subscriber = subscription.subscriber
-            try:
-                subscriber.outbox.send_nowait(message.rendered(subscriber.render))
+            outcome = subscription.subscriber.outbox.offer(message, lone)
+            if outcome is ACCEPTED:
                 forwarded += 1
-            except trio.WouldBlock:
-                self._on_full(subscriber)
+            elif outcome is FULL:
+                self._on_full(subscription.subscriber)
                 evicted.append(subscriber_id)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            else:
                 evicted.append(subscriber_id)  # the connection has gone; forget it
         self._counters.forwarded += forwarded
         for subscriber_id in evicted:
@@ -250,12 +253,10 @@ class TopicActor:
         if not self._queue_ack(subscriber, ack, result):
             return result
         for message in replay:
-            try:
-                subscriber.outbox.send_nowait(message.rendered(subscriber.render))
-            except trio.WouldBlock:
-                self._on_full(subscriber)
-                return SubscribeResult(first, history.next_offset, replayed=0)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            outcome = subscriber.outbox.offer(message)
+            if outcome is not ACCEPTED:
+                if outcome is FULL:
+                    self._on_full(subscriber)
                 return SubscribeResult(first, history.next_offset, replayed=0)
         self._counters.forwarded += len(replay)
         self._subscriptions[subscriber.id] = _Subscription(subscriber, pattern)
@@ -269,14 +270,10 @@ class TopicActor:
     ) -> bool:
         if ack is None:
             return True
-        try:
-            subscriber.outbox.send_nowait(ack(result))
-        except trio.WouldBlock:
+        outcome = subscriber.outbox.offer_control(ack(result))
+        if outcome is FULL:
             self._on_full(subscriber)
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
+        return outcome is ACCEPTED
 
     def _unsubscribe(self, subscriber_id: int, pattern: str) -> bool:
         subscription = self._subscriptions.get(subscriber_id)

@@ -17,6 +17,7 @@ when it is full they apply their slow-consumer policy (default: close with 4008)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +46,7 @@ from broker import (
     ControlFrame,
     Message,
     NotSubscribed,
+    Outbox,
     Payload,
     Settings,
     Subscriber,
@@ -73,6 +75,8 @@ PATH = "/v1/ws"
 RECEIVE_SIZE = 65536
 # Most bytes joined into one send_all: bounds the temporary buffer of a big batch.
 MAX_BATCH_BYTES = 1024 * 1024
+# Most items taken from the outbox per batch (a bound on the list, not on bytes).
+MAX_BATCH_ITEMS = 4096
 # A client frame may carry a payload of max_payload_bytes plus this much envelope.
 FRAME_ENVELOPE_BYTES = 64 * 1024
 # Consecutive invalid frames tolerated before the connection is closed with 1008.
@@ -124,10 +128,13 @@ class WebSocketConnection:
         self._format = wire_format
         self._closing = closing
         self._max_frame = self._settings.max_payload_bytes + FRAME_ENVELOPE_BYTES
-        self._send, self._outbox = trio.open_memory_channel[object](self._settings.outbox_size)
-        self.subscriber = Subscriber(
-            self.id, client, RENDERERS[wire_format], self._send, self._evict
+        self.outbox = Outbox(
+            self._settings.outbox_size,
+            RENDERERS[wire_format],
+            broker.counters,
+            _nonblocking_writer(stream),
         )
+        self.subscriber = Subscriber(self.id, client, self.outbox, self._evict)
         self._patterns: set[str] = set()
         self._evicted: CloseReason | None = None
         self.close_reason: CloseReason | None = None
@@ -157,7 +164,9 @@ class WebSocketConnection:
                     trio.current_time() + self._settings.close_timeout,
                 )
         finally:
-            self._outbox.close()  # topics' next put fails, so they forget us even if...
+            # Before the socket closes: no fast-path write may reach a recycled fd, and
+            # topics' next offer answers CLOSED, so they forget us even if...
+            self.outbox.close()
             with trio.CancelScope(shield=True), trio.move_on_after(TEARDOWN_SECONDS):
                 for pattern in list(self._patterns):
                     try:
@@ -180,7 +189,7 @@ class WebSocketConnection:
     async def _watch_drain(self) -> None:
         with self._watcher_scope:
             await self._closing.wait()
-            await self._send.send(_Close(CloseReason.GOING_AWAY))
+            await self._queue(_Close(CloseReason.GOING_AWAY))
 
     # -- writing -------------------------------------------------------------------------
 
@@ -189,9 +198,10 @@ class WebSocketConnection:
         try:
             with self._writer_scope:
                 await self._write_frames()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             lost = True
         finally:
+            self.outbox.close()
             self._watcher_scope.cancel()
             assert self._nursery_scope is not None
             if lost or self.close_reason is None:
@@ -205,43 +215,52 @@ class WebSocketConnection:
                 )
 
     async def _write_frames(self) -> None:
-        """Write batches until a close frame has been written. Hot path: see fanout bench."""
-        receive = self._outbox
+        """Write batches until a close frame has been written.
+
+        Hot path (guarded by `python -m benchmarks.quick`): everything queued goes out in
+        one send_all, up to MAX_BATCH_BYTES per call.
+        """
+        outbox = self.outbox
+        render = outbox.render
         send_all = self._stream.send_all
         counters = self._broker.counters
         while self._evicted is None:
-            item = await receive.receive()
-            batch: list[bytes] = []
+            batch = await outbox.take(MAX_BATCH_ITEMS)
+            chunks: list[bytes] = []
             size = 0
             messages = 0
             close: _Close | None = None
-            while True:
-                if type(item) is bytes:
-                    batch.append(item)
-                    size += len(item)
+            for item in batch:
+                kind = type(item)
+                if kind is Message:
+                    data = render(item)  # type: ignore[arg-type]
                     messages += 1
-                elif type(item) is ControlFrame:
-                    batch.append(item.data)
-                    size += len(item.data)
+                elif kind is bytes:  # the rest of a frame the fast path began
+                    data = item  # type: ignore[assignment]
+                    messages += 1
+                elif kind is ControlFrame:
+                    data = item.data  # type: ignore[attr-defined]
                 else:
                     assert isinstance(item, _Close)
                     close = item
                     break
+                chunks.append(data)
+                size += len(data)
                 if size >= MAX_BATCH_BYTES:
-                    break
-                try:
-                    item = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-            if batch:
-                await send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                counters.delivered += messages
+                    await send_all(b"".join(chunks))
+                    chunks.clear()
+                    size = 0
+            if chunks:
+                await send_all(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            outbox.written()
+            counters.delivered += messages
             if close is not None:
                 await self._write_close(close.reason)
                 return
         await self._write_close(self._evicted)
 
     async def _write_close(self, reason: CloseReason) -> None:
+        self.outbox.close()  # nothing may follow a close frame, not even a fast-path write
         if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             return
         data = self._ws.send(CloseConnection(code=reason.code, reason=reason.reason))
@@ -252,8 +271,8 @@ class WebSocketConnection:
         """Queue a non-message item behind pending frames (the reader waits if the outbox
         is full: a client that does not read its replies slows only itself)."""
         try:
-            await self._send.send(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.outbox.put(item)
+        except trio.ClosedResourceError:
             pass  # the writer has finished; nothing more will be written
 
     async def _reply(self, data: bytes) -> None:
@@ -309,6 +328,7 @@ class WebSocketConnection:
                     return
 
     def _lost(self) -> None:
+        self.outbox.close()
         if self.close_reason is None:
             self.close_reason = CloseReason.CONNECTION_LOST
             assert self._nursery_scope is not None
@@ -407,6 +427,18 @@ def _protocol_reason_for(code: int | None) -> CloseReason:
     if code == 1007:
         return CloseReason.INVALID_PAYLOAD
     return CloseReason.PROTOCOL_ERROR
+
+
+def _nonblocking_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
+    """`os.write` on the socket's (non-blocking) fd: the outbox's lone-frame fast path.
+
+    Only used while no send_all is in progress, and never after the outbox is closed,
+    which happens before the socket is.
+    """
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    return partial(os.write, sock.fileno())
 
 
 # -- the listener -------------------------------------------------------------------------

@@ -11,32 +11,35 @@ import trio.testing
 from broker import (
     CloseReason,
     Message,
+    Outbox,
     Settings,
     Subscriber,
     TopicBusy,
     TopicSettings,
     open_broker,
 )
+from broker.metrics import BrokerCounters
 
 PAYLOAD_SETTINGS = Settings(topic_idle_seconds=0)
 
 
 class FakeConnection:
-    """A subscriber whose outbox is a plain memory channel we can read (or not)."""
+    """A subscriber whose outbox we read by hand (or not at all: a stalled client)."""
 
     def __init__(self, connection_id: int, capacity: int, render: Callable[[Message], bytes]):
-        self.send, self.receive = trio.open_memory_channel[object](capacity)
+        self.outbox = Outbox(capacity, render, BrokerCounters())
         self.evicted: list[CloseReason] = []
-        self.subscriber = Subscriber(connection_id, f"c{connection_id}", render,
-                                     self.send, self.evicted.append)
+        self.subscriber = Subscriber(connection_id, f"c{connection_id}", self.outbox,
+                                     self.evicted.append)
 
     def drain(self) -> list[object]:
-        items = []
-        while True:
-            try:
-                items.append(self.receive.receive_nowait())
-            except trio.WouldBlock:
-                return items
+        """What the writer would write: frames for messages, other items as queued."""
+        items: list[object] = []
+        while len(self.outbox):
+            batch = self.outbox._items  # the test reads the queue directly, in order
+            item = batch.popleft()
+            items.append(self.outbox.render(item) if isinstance(item, Message) else item)
+        return items
 
 
 def counting_render() -> tuple[Callable[[Message], bytes], list[int]]:

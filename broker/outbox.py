@@ -1,0 +1,174 @@
+"""`Outbox`: a connection's bounded queue of frames, filled by topics, emptied by its writer.
+
+Topics call `offer` synchronously and never wait; it answers `ACCEPTED`, `FULL` (the
+topic's slow-consumer policy decides what that means) or `CLOSED`. The connection's writer
+task calls `take` to get everything queued as one batch and writes it with one `send_all`.
+
+Lone-frame fast path: when nothing is queued, no write is in progress and the topic has no
+more messages right behind this one, `offer` writes the frame straight to the non-blocking
+socket through `write_now` (as asyncio transports do) and queues only what the kernel did
+not take, so a message to an idle subscriber costs no task switch. Order is kept: the fast
+path is used only when the queue is empty. A burst is queued instead, and goes out with one
+send_all per subscriber.
+(Guarded by `python -m benchmarks.quick`, scenario fanout.)
+
+Message frames are queued as `Message` objects, not bytes, so a policy knows each item's
+topic and offset (drop-oldest reports gaps per topic); the frame is rendered once per
+message per wire format and cached on the message.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+
+import trio
+from trio.lowlevel import ParkingLot
+
+from .messages import Message
+from .metrics import BrokerCounters
+
+
+class Offer(enum.Enum):
+    """What happened to a frame offered to an outbox."""
+
+    ACCEPTED = "accepted"
+    FULL = "full"
+    CLOSED = "closed"
+
+
+class Outbox:
+    """See the module docstring. Owned by one connection; topics hold a reference."""
+
+    __slots__ = (
+        "_capacity",
+        "_closed",
+        "_counters",
+        "_items",
+        "_render",
+        "_room",
+        "_write_now",
+        "_writer",
+        "_writing",
+    )
+
+    def __init__(
+        self,
+        capacity: int,
+        render: Callable[[Message], bytes],
+        counters: BrokerCounters,
+        write_now: Callable[[bytes], int] | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("an outbox needs a capacity of at least 1")
+        self._capacity = capacity
+        self._render = render
+        self._counters = counters
+        self._write_now = write_now
+        # Message (a frame to render), bytes (the unwritten rest of a fast-path frame),
+        # or any other object the connection queues (replies, its close marker).
+        self._items: deque[object] = deque()
+        self._closed = False
+        self._writing = False
+        self._writer = ParkingLot()
+        self._room = ParkingLot()
+
+    # -- the topics' side: synchronous, never waits ----------------------------------------
+
+    def offer(self, message: Message, lone: bool = True) -> Offer:
+        """Queue (or write at once) the frame of `message`; never waits.
+
+        `lone=False` says more messages follow at once (a burst): queue them all so the
+        writer sends the burst with one send_all instead of one write per frame.
+        """
+        if self._closed:
+            return Offer.CLOSED
+        items = self._items
+        if lone and not items and not self._writing and self._write_now is not None:
+            frame = message.rendered(self._render)
+            try:
+                sent = self._write_now(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()  # the peer is gone; the connection's reader will see it too
+                return Offer.CLOSED
+            if sent == len(frame):
+                self._counters.delivered += 1
+                return Offer.ACCEPTED
+            items.append(frame[sent:])
+            self._writer.unpark()
+            return Offer.ACCEPTED
+        if len(items) >= self._capacity:
+            return Offer.FULL
+        items.append(message)
+        if self._writer:
+            self._writer.unpark()
+        return Offer.ACCEPTED
+
+    def offer_control(self, item: object) -> Offer:
+        """Queue a non-message item (e.g. a subscribe `ok`) under the same capacity."""
+        if self._closed:
+            return Offer.CLOSED
+        if len(self._items) >= self._capacity:
+            return Offer.FULL
+        self._items.append(item)
+        if self._writer:
+            self._writer.unpark()
+        return Offer.ACCEPTED
+
+    # -- the connection's side ---------------------------------------------------------------
+
+    async def put(self, item: object) -> None:
+        """Queue `item`, waiting for room if full. Raises `trio.ClosedResourceError` once
+        closed. For the connection's own replies: a client that does not read its replies
+        slows only itself."""
+        while len(self._items) >= self._capacity and not self._closed:
+            await self._room.park()
+        if self._closed:
+            raise trio.ClosedResourceError("the outbox is closed")
+        self._items.append(item)
+        if self._writer:
+            self._writer.unpark()
+
+    async def take(self, max_items: int) -> list[object]:
+        """Wait for queued items and take up to `max_items` of them, oldest first.
+
+        Marks a write in progress (no fast-path writes) until `written()` is called.
+        Raises `trio.EndOfChannel` once closed and empty.
+        """
+        items = self._items
+        while not items:
+            if self._closed:
+                raise trio.EndOfChannel
+            await self._writer.park()
+        self._writing = True
+        if len(items) <= max_items:
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(max_items)]
+        if self._room:
+            self._room.unpark_all()
+        return batch
+
+    def written(self) -> None:
+        """The batch from `take` is on the socket: fast-path writes may resume."""
+        self._writing = False
+
+    def render(self, message: Message) -> bytes:
+        return message.rendered(self._render)
+
+    def close(self) -> None:
+        """No more offers (they answer `CLOSED`); wakes the writer and any waiting put."""
+        self._closed = True
+        self._writer.unpark_all()
+        self._room.unpark_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)

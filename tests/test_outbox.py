@@ -1,0 +1,147 @@
+"""The connection outbox: fast path, batching, order, capacity, closing (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from broker import Message, Offer, Outbox
+from broker.codec import PayloadKind
+from broker.metrics import BrokerCounters
+
+
+def message(offset: int, topic: str = "t") -> Message:
+    return Message(topic, offset, b"%d" % offset, "text/plain", PayloadKind.TEXT, 0.0)
+
+
+def render(m: Message) -> bytes:
+    return b"<" + m.data + b">"
+
+
+class FakeSocket:
+    """`write_now` stand-in: takes up to `room` bytes per call, then would block."""
+
+    def __init__(self, room: int = 1 << 20, error: OSError | None = None) -> None:
+        self.room = room
+        self.error = error
+        self.written = b""
+        self.calls = 0
+
+    def write(self, data: bytes) -> int:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        if self.room == 0:
+            raise BlockingIOError
+        taken = data[: self.room]
+        self.room -= len(taken)
+        self.written += taken
+        return len(taken)
+
+
+async def drain(outbox: Outbox) -> bytes:
+    """What the writer would send for everything queued now."""
+    batch = await outbox.take(100)
+    outbox.written()
+    return b"".join(outbox.render(i) if isinstance(i, Message) else i for i in batch)  # type: ignore[misc]
+
+
+async def test_a_lone_message_to_an_idle_outbox_is_written_at_once() -> None:
+    sock, counters = FakeSocket(), BrokerCounters()
+    outbox = Outbox(4, render, counters, sock.write)
+    assert outbox.offer(message(0)) is Offer.ACCEPTED
+    assert sock.written == b"<0>"
+    assert len(outbox) == 0 and counters.delivered == 1
+
+
+async def test_a_burst_is_queued_for_one_write() -> None:
+    sock = FakeSocket()
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    for n in range(3):
+        assert outbox.offer(message(n), lone=False) is Offer.ACCEPTED
+    assert sock.calls == 0
+    assert await drain(outbox) == b"<0><1><2>"
+
+
+async def test_what_the_kernel_did_not_take_is_written_first_by_the_writer() -> None:
+    sock = FakeSocket(room=2)
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    outbox.offer(message(0))  # "<0" written at once, ">" left over
+    outbox.offer(message(1))  # queue not empty: must not overtake the remainder
+    assert sock.written == b"<0" and sock.calls == 1
+    assert await drain(outbox) == b"><1>"
+
+
+async def test_a_full_kernel_buffer_queues_the_whole_frame() -> None:
+    sock = FakeSocket(room=0)
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    assert outbox.offer(message(0)) is Offer.ACCEPTED
+    assert await drain(outbox) == b"<0>"
+
+
+async def test_no_fast_path_while_the_writer_holds_a_batch() -> None:
+    sock = FakeSocket(room=0)
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    outbox.offer(message(0))
+    batch = await outbox.take(100)  # the writer is now writing
+    sock.room = 1 << 20
+    outbox.offer(message(1))
+    assert sock.written == b""  # queued behind the batch in progress
+    outbox.written()
+    assert batch == [b"<0>"]  # the fast path had rendered it; the rest is raw bytes
+    assert await drain(outbox) == b"<1>"
+
+
+async def test_a_broken_socket_closes_the_outbox() -> None:
+    sock = FakeSocket(error=BrokenPipeError())
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    assert outbox.offer(message(0)) is Offer.CLOSED
+    assert outbox.closed
+    assert outbox.offer(message(1)) is Offer.CLOSED
+
+
+async def test_capacity_is_counted_in_items_and_full_is_reported() -> None:
+    outbox = Outbox(2, render, BrokerCounters())
+    assert [outbox.offer(message(n)) for n in range(3)] == [
+        Offer.ACCEPTED, Offer.ACCEPTED, Offer.FULL,
+    ]
+    assert outbox.offer_control("ok") is Offer.FULL
+    assert await drain(outbox) == b"<0><1>"
+
+
+async def test_put_waits_for_room_and_close_wakes_everyone() -> None:
+    outbox = Outbox(1, render, BrokerCounters())
+    outbox.offer(message(0))
+    done: list[str] = []
+
+    async def reply() -> None:
+        await outbox.put(b"reply")
+        done.append("put")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reply)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []  # no room yet
+        assert await drain(outbox) == b"<0>"
+    assert done == ["put"]
+    assert await drain(outbox) == b"reply"
+    outbox.close()
+    with pytest.raises(trio.EndOfChannel):
+        await outbox.take(10)
+    with pytest.raises(trio.ClosedResourceError):
+        await outbox.put(b"late")
+
+
+async def test_take_waits_for_an_offer() -> None:
+    outbox = Outbox(4, render, BrokerCounters())
+    async with trio.open_nursery() as nursery:
+        taken: list[object] = []
+
+        async def writer() -> None:
+            taken.extend(await outbox.take(10))
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        outbox.offer(message(7))
+    assert [m.offset for m in taken] == [7]  # type: ignore[attr-defined]
