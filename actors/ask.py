@@ -23,16 +23,30 @@ _UNSET = object()
 class Reply(Generic[R]):
     """A one-shot answer: the actor calls `send` or `fail` once; the asker `wait`s."""
 
-    __slots__ = ("_error", "_event", "_value")
+    __slots__ = ("_cancelled", "_error", "_event", "_value")
 
     def __init__(self) -> None:
         self._event = trio.Event()
         self._value: object = _UNSET
         self._error: BaseException | None = None
+        self._cancelled = False
 
     @property
     def answered(self) -> bool:
         return self._event.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        """The asker gave up: an actor should not act on this request any more."""
+        return self._cancelled
+
+    def cancel(self) -> bool:
+        """Withdraw the question. True if withdrawn; False if it was answered already (then
+        `wait` returns the answer). Lets a caller promise "not done" after a timeout."""
+        if self._event.is_set():
+            return False
+        self._cancelled = True
+        return True
 
     def send(self, value: R) -> None:
         """Answer with `value`. A second answer is ignored (the first one won)."""

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker
-from .outbox import Offer, Outbox
+from .outbox import Gap, Offer, Outbox
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import Settings, SettingsError, TopicSettings, load_settings
 from .subjects import SubjectTrie, pattern_matches, validate_pattern, validate_topic
@@ -35,6 +35,7 @@ __all__ = [
     "CloseReason",
     "ControlFrame",
     "Draining",
+    "Gap",
     "HistoryPage",
     "InvalidFrame",
     "InvalidPayload",

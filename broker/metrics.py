@@ -30,6 +30,8 @@ class BrokerCounters:
     forwarded: int = 0
     delivered: int = 0
     slow_consumer_disconnects: int = 0
+    dropped: int = 0
+    slow_consumer_waits: int = 0
     topic_crashes: int = 0
     topic_restarts: int = 0
     topics_created: int = 0
@@ -70,6 +72,10 @@ class BrokerCollector(Collector):
             ("broker_messages_delivered", c.delivered, "Message frames written to sockets."),
             ("broker_slow_consumer_disconnects", c.slow_consumer_disconnects,
              "Subscribers closed with 4008 by the slow-consumer policy."),
+            ("broker_messages_dropped", c.dropped,
+             "Messages dropped for slow subscribers (drop-oldest policy)."),
+            ("broker_slow_consumer_waits", c.slow_consumer_waits,
+             "Times a topic waited for a full subscriber outbox (block policy)."),
             ("broker_topic_crashes", c.topic_crashes, "Topic actor crashes."),
             ("broker_topic_restarts", c.topic_restarts, "Topic actor restarts."),
             ("broker_topics_created", c.topics_created, "Topics created."),

@@ -149,26 +149,39 @@ class Broker:
 
     async def _publish(self, topic: str, payload: Payload) -> int:
         started = time.perf_counter()
+        deadline = trio.current_time() + self.settings.publish_timeout
         for _ in range(LOOKUP_ATTEMPTS):
             actor = await self._lookup(topic, create=True)
             assert actor is not None
             reply: Reply[int] = Reply()
             try:
                 await actor.address.tell_within(
-                    Publish(payload, reply), self.settings.publish_timeout
+                    Publish(payload, reply), deadline - trio.current_time()
                 )
             except MailboxFull:
-                self.counters.reject(TopicBusy.code)
-                raise TopicBusy(
-                    f"topic {topic!r} is busy: its mailbox stayed full for "
-                    f"{self.settings.publish_timeout:g}s; retry later"
-                ) from None
+                raise self._busy(topic) from None
             except ActorStopped:
                 continue
-            offset = await self._answer(reply)
+            offset = await self._answer_by(reply, deadline, topic)
             self._publish_timer(time.perf_counter() - started)
             return offset
         raise Unavailable(f"topic {topic!r} kept retiring; retry")
+
+    def _busy(self, topic: str) -> TopicBusy:
+        self.counters.reject(TopicBusy.code)
+        return TopicBusy(
+            f"topic {topic!r} is busy: it did not take the message within "
+            f"{self.settings.publish_timeout:g}s; it was not accepted, retry later"
+        )
+
+    async def _answer_by(self, reply: Reply[int], deadline: float, topic: str) -> int:
+        """The offset, if the topic assigns one by `deadline`; else the publish is withdrawn
+        (the topic will skip it) and `TopicBusy` raised: a 503 always means not accepted."""
+        with trio.move_on_at(deadline):
+            return await reply.wait()
+        if reply.cancel():
+            raise self._busy(topic)
+        return await reply.wait()  # answered in the same instant: it was accepted
 
     async def publish_many(
         self, batch: list[tuple[str, Payload]]
@@ -190,6 +203,8 @@ class Broker:
         for index, (topic, _) in enumerate(batch):
             groups.setdefault(topic, []).append(index)
 
+        deadline = trio.current_time() + self.settings.publish_timeout
+
         async def publish_group(topic: str, indexes: list[int]) -> None:
             replies: list[tuple[int, Reply[int]]] = []
             try:
@@ -199,11 +214,10 @@ class Broker:
                     reply: Reply[int] = Reply()
                     try:
                         await actor.address.tell_within(
-                            Publish(batch[index][1], reply), self.settings.publish_timeout
+                            Publish(batch[index][1], reply), deadline - trio.current_time()
                         )
                     except MailboxFull:
-                        self.counters.reject(TopicBusy.code)
-                        raise TopicBusy(f"topic {topic!r} is busy; retry later") from None
+                        raise self._busy(topic) from None
                     except ActorStopped:
                         raise Unavailable(f"topic {topic!r} retired; retry") from None
                     replies.append((index, reply))
@@ -212,7 +226,7 @@ class Broker:
                     results[index] = exc
             for index, reply in replies:
                 try:
-                    results[index] = await self._answer(reply)
+                    results[index] = await self._answer_by(reply, deadline, topic)
                 except BrokerError as exc:
                     results[index] = exc
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 from trio.lowlevel import ParkingLot
@@ -38,6 +39,17 @@ class Offer(enum.Enum):
     CLOSED = "closed"
 
 
+@dataclass(slots=True)
+class Gap:
+    """Messages of `topic` dropped for this subscriber (drop-oldest policy), reported
+    in-band just before the topic's next message."""
+
+    topic: str
+    skipped: int
+    first: int
+    last: int
+
+
 class Outbox:
     """See the module docstring. Owned by one connection; topics hold a reference."""
 
@@ -45,6 +57,7 @@ class Outbox:
         "_capacity",
         "_closed",
         "_counters",
+        "_gaps",
         "_items",
         "_render",
         "_room",
@@ -71,6 +84,7 @@ class Outbox:
         self._items: deque[object] = deque()
         self._closed = False
         self._writing = False
+        self._gaps: dict[str, Gap] = {}
         self._writer = ParkingLot()
         self._room = ParkingLot()
 
@@ -85,7 +99,10 @@ class Outbox:
         if self._closed:
             return Offer.CLOSED
         items = self._items
-        if lone and not items and not self._writing and self._write_now is not None:
+        if (
+            lone and not items and not self._writing and not self._gaps
+            and self._write_now is not None
+        ):
             frame = message.rendered(self._render)
             try:
                 sent = self._write_now(frame)
@@ -106,6 +123,35 @@ class Outbox:
         if self._writer:
             self._writer.unpark()
         return Offer.ACCEPTED
+
+    def drop_oldest(self, message: Message) -> None:
+        """Make room for `message` by dropping the oldest queued message of its topic, or
+        skip `message` itself if none is queued; either way a `Gap` is reported before the
+        topic's next message. Only this topic's frames are touched: other topics' promises
+        hold. Called by a topic whose `offer` answered FULL (so this is the slow path)."""
+        items = self._items
+        dropped = message
+        for index, item in enumerate(items):
+            if type(item) is Message and item.topic == message.topic:  # type: ignore[attr-defined]
+                dropped = item  # type: ignore[assignment]
+                del items[index]
+                items.append(message)
+                break
+        gap = self._gaps.get(message.topic)
+        if gap is None:
+            self._gaps[message.topic] = Gap(message.topic, 1, dropped.offset, dropped.offset)
+        else:
+            gap.skipped += 1
+            gap.first = min(gap.first, dropped.offset)
+            gap.last = max(gap.last, dropped.offset)
+        self._counters.dropped += 1
+        if self._writer:
+            self._writer.unpark()
+
+    async def wait_room(self) -> None:
+        """Wait until an offer would not be FULL (or the outbox is closed): `block` policy."""
+        while len(self._items) >= self._capacity and not self._closed:
+            await self._room.park()
 
     def offer_control(self, item: object) -> Offer:
         """Queue a non-message item (e.g. a subscribe `ok`) under the same capacity."""
@@ -151,7 +197,19 @@ class Outbox:
             batch = [items.popleft() for _ in range(max_items)]
         if self._room:
             self._room.unpark_all()
+        if self._gaps:
+            batch = self._insert_gaps(batch)
         return batch
+
+    def _insert_gaps(self, batch: list[object]) -> list[object]:
+        """Put each pending `Gap` just before the next message of its topic."""
+        gaps = self._gaps
+        result: list[object] = []
+        for item in batch:
+            if type(item) is Message and item.topic in gaps:  # type: ignore[attr-defined]
+                result.append(gaps.pop(item.topic))  # type: ignore[attr-defined]
+            result.append(item)
+        return result
 
     def written(self) -> None:
         """The batch from `take` is on the socket: fast-path writes may resume."""

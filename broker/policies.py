@@ -15,6 +15,12 @@ class SlowConsumerPolicy(enum.Enum):
 
     # Close that subscriber with 4008 "slow consumer"; it resumes from history with `from`.
     DISCONNECT = "disconnect"
+    # Drop this topic's oldest message queued for that subscriber (or, if none is queued,
+    # the new one); a `gap` frame before the topic's next message says how many.
+    DROP_OLDEST = "drop-oldest"
+    # Lossless: the topic waits for room. Publishers then wait on the topic's full mailbox
+    # and get 503 `topic_busy` after `publish_timeout`: the slowest subscriber sets the pace.
+    BLOCK = "block"
 
 
 class CloseReason(enum.Enum):

@@ -98,6 +98,8 @@ class TopicActor:
         self.address: Address[TopicRequest] = self._mailbox.address
         self._history = History(settings.history_messages, settings.history_bytes)
         self._subscriptions: dict[int, _Subscription] = {}
+        # `block` policy: a message and the subscribers whose full outbox it waits for.
+        self._blocked: tuple[Message, list[Subscriber]] | None = None
         self.retired = False
 
     # -- the actor loop ------------------------------------------------------------------
@@ -120,6 +122,8 @@ class TopicActor:
                     await request.resume.wait()
                 else:
                     self._handle_or_fail(request)
+                    if self._blocked is not None:
+                        await self._deliver_blocked()
                 handled += 1
                 if handled >= TURN_REQUESTS or self.retired:
                     break
@@ -159,6 +163,8 @@ class TopicActor:
     def _handle(self, request: TopicRequest) -> None:
         match request:
             case Publish(payload, reply):
+                if reply.cancelled:
+                    return  # the publisher timed out and was told 503: not accepted
                 offset = self._history.next_offset
                 message = Message(
                     self.name, offset, payload.data, payload.content_type, payload.kind,
@@ -193,34 +199,60 @@ class TopicActor:
     # -- subscribers ----------------------------------------------------------------------
 
     def _forward(self, message: Message) -> None:
-        """Queue the message's frame in every subscriber's outbox, never waiting."""
+        """Offer the message to every subscriber's outbox, never waiting here.
+
+        A full outbox gets the topic's policy: disconnect evicts, drop-oldest drops, block
+        leaves the subscriber in `_blocked` for the run loop to wait on.
+        """
         forwarded = 0
-        evicted: list[int] = []
+        gone: list[int] = []
+        blocked: list[Subscriber] = []
         lone = not self._mailbox.depth  # more right behind: let the outboxes batch them
         for subscriber_id, subscription in self._subscriptions.items():
-            outcome = subscription.subscriber.outbox.offer(message, lone)
+            subscriber = subscription.subscriber
+            outcome = subscriber.outbox.offer(message, lone)
             if outcome is ACCEPTED:
                 forwarded += 1
             elif outcome is FULL:
-                self._on_full(subscription.subscriber)
-                evicted.append(subscriber_id)
+                policy = self.settings.slow_consumer_policy
+                if policy is SlowConsumerPolicy.DROP_OLDEST:
+                    subscriber.outbox.drop_oldest(message)
+                    forwarded += 1
+                elif policy is SlowConsumerPolicy.BLOCK:
+                    blocked.append(subscriber)
+                else:
+                    self._evict(subscriber)
+                    gone.append(subscriber_id)
             else:
-                evicted.append(subscriber_id)  # the connection has gone; forget it
+                gone.append(subscriber_id)  # the connection has gone; forget it
         self._counters.forwarded += forwarded
-        for subscriber_id in evicted:
+        for subscriber_id in gone:
             del self._subscriptions[subscriber_id]
+        if blocked:
+            self._blocked = (message, blocked)
 
-    def _on_full(self, subscriber: Subscriber) -> None:
-        policy = self.settings.slow_consumer_policy
-        if policy is SlowConsumerPolicy.DISCONNECT:
-            self._counters.slow_consumer_disconnects += 1
-            log.info(
-                "topic %s: closing slow consumer %d (%s)",
-                self.name, subscriber.id, subscriber.client,
-            )
-            subscriber.evict(CloseReason.SLOW_CONSUMER)
-        else:  # pragma: no cover - every policy must be handled above
-            raise AssertionError(f"unhandled slow-consumer policy {policy}")
+    async def _deliver_blocked(self) -> None:
+        """`block` policy: wait for room in each full outbox, in turn, then deliver."""
+        assert self._blocked is not None
+        message, waiting = self._blocked
+        self._blocked = None
+        for subscriber in waiting:
+            self._counters.slow_consumer_waits += 1
+            outcome = FULL
+            while outcome is FULL:
+                await subscriber.outbox.wait_room()
+                outcome = subscriber.outbox.offer(message, lone=False)
+            if outcome is ACCEPTED:
+                self._counters.forwarded += 1
+            else:
+                self._subscriptions.pop(subscriber.id, None)
+
+    def _evict(self, subscriber: Subscriber) -> None:
+        self._counters.slow_consumer_disconnects += 1
+        log.info(
+            "topic %s: closing slow consumer %d (%s)", self.name, subscriber.id, subscriber.client
+        )
+        subscriber.evict(CloseReason.SLOW_CONSUMER)
 
     def _subscribe(
         self,
@@ -252,11 +284,17 @@ class TopicActor:
         result = SubscribeResult(first, history.next_offset, replayed=len(replay))
         if not self._queue_ack(subscriber, ack, result):
             return result
+        # A replay must fit the outbox: past it, drop-oldest drops as usual and the other
+        # policies close the subscriber (a replay cannot wait: the topic would stall while
+        # the client has not even been told where its stream starts).
+        drop = self.settings.slow_consumer_policy is SlowConsumerPolicy.DROP_OLDEST
         for message in replay:
-            outcome = subscriber.outbox.offer(message)
-            if outcome is not ACCEPTED:
+            outcome = subscriber.outbox.offer(message, lone=False)
+            if outcome is FULL and drop:
+                subscriber.outbox.drop_oldest(message)
+            elif outcome is not ACCEPTED:
                 if outcome is FULL:
-                    self._on_full(subscriber)
+                    self._evict(subscriber)
                 return SubscribeResult(first, history.next_offset, replayed=0)
         self._counters.forwarded += len(replay)
         self._subscriptions[subscriber.id] = _Subscription(subscriber, pattern)
@@ -272,7 +310,7 @@ class TopicActor:
             return True
         outcome = subscriber.outbox.offer_control(ack(result))
         if outcome is FULL:
-            self._on_full(subscriber)
+            self._evict(subscriber)
         return outcome is ACCEPTED
 
     def _unsubscribe(self, subscriber_id: int, pattern: str) -> bool:

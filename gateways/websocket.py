@@ -44,6 +44,7 @@ from broker import (
     BrokerError,
     CloseReason,
     ControlFrame,
+    Gap,
     Message,
     NotSubscribed,
     Outbox,
@@ -240,6 +241,8 @@ class WebSocketConnection:
                     messages += 1
                 elif kind is ControlFrame:
                     data = item.data  # type: ignore[attr-defined]
+                elif kind is Gap:
+                    data = self._gap_frame(item)  # type: ignore[arg-type]
                 else:
                     assert isinstance(item, _Close)
                     close = item
@@ -258,6 +261,16 @@ class WebSocketConnection:
                 await self._write_close(close.reason)
                 return
         await self._write_close(self._evicted)
+
+    def _gap_frame(self, gap: Gap) -> bytes:
+        """`{"op": "gap", ...}`: messages of a topic dropped for this subscriber."""
+        return self._frame_wrap(
+            codec.encode_object(
+                self._format,
+                {"op": "gap", "topic": gap.topic, "skipped": gap.skipped,
+                 "from": gap.first, "to": gap.last},
+            )
+        )
 
     async def _write_close(self, reason: CloseReason) -> None:
         self.outbox.close()  # nothing may follow a close frame, not even a fast-path write

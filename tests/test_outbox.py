@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from broker import Message, Offer, Outbox
+from broker import Gap, Message, Offer, Outbox
 from broker.codec import PayloadKind
 from broker.metrics import BrokerCounters
 
@@ -145,3 +145,49 @@ async def test_take_waits_for_an_offer() -> None:
         await trio.testing.wait_all_tasks_blocked()
         outbox.offer(message(7))
     assert [m.offset for m in taken] == [7]  # type: ignore[attr-defined]
+
+
+async def test_drop_oldest_drops_only_that_topics_oldest_and_reports_a_gap_before_its_next(
+) -> None:
+    counters = BrokerCounters()
+    outbox = Outbox(3, render, counters)
+    outbox.offer(message(0, "b"))
+    outbox.offer(message(0, "a"))
+    outbox.offer(message(1, "a"))
+    assert outbox.offer(message(2, "a")) is Offer.FULL
+    outbox.drop_oldest(message(2, "a"))
+    batch = await outbox.take(10)
+    outbox.written()
+    assert batch == [
+        batch[0], Gap("a", 1, 0, 0), batch[2], batch[3],
+    ]
+    assert [(m.topic, m.offset) for m in (batch[0], batch[2], batch[3])] == [  # type: ignore[attr-defined]
+        ("b", 0), ("a", 1), ("a", 2),
+    ]
+    assert counters.dropped == 1
+
+
+async def test_drop_oldest_skips_the_new_message_when_none_of_its_topic_is_queued() -> None:
+    outbox = Outbox(2, render, BrokerCounters())
+    outbox.offer(message(0, "b"))
+    outbox.offer(message(1, "b"))
+    outbox.drop_oldest(message(5, "a"))  # nothing of "a" queued: 5 itself is skipped
+    outbox.drop_oldest(message(6, "a"))
+    assert await drain(outbox) == b"<0><1>"
+    assert outbox.offer(message(7, "a")) is Offer.ACCEPTED  # queued, not fast-pathed
+    batch = await outbox.take(10)
+    assert batch[0] == Gap("a", 2, 5, 6)
+    assert batch[1].offset == 7  # type: ignore[attr-defined]
+
+
+async def test_wait_room_returns_once_the_writer_takes_a_batch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    outbox = Outbox(1, render, BrokerCounters())
+    outbox.offer(message(0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(outbox.wait_room)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(5)
+        assert len(outbox) == 1  # still waiting: nothing was taken
+        await drain(outbox)

@@ -10,9 +10,11 @@ import trio.testing
 
 from broker import (
     CloseReason,
+    Gap,
     Message,
     Outbox,
     Settings,
+    SlowConsumerPolicy,
     Subscriber,
     TopicBusy,
     TopicSettings,
@@ -26,20 +28,25 @@ PAYLOAD_SETTINGS = Settings(topic_idle_seconds=0)
 class FakeConnection:
     """A subscriber whose outbox we read by hand (or not at all: a stalled client)."""
 
-    def __init__(self, connection_id: int, capacity: int, render: Callable[[Message], bytes]):
-        self.outbox = Outbox(capacity, render, BrokerCounters())
+    def __init__(
+        self,
+        connection_id: int,
+        capacity: int,
+        render: Callable[[Message], bytes],
+        counters: BrokerCounters | None = None,
+    ) -> None:
+        self.outbox = Outbox(capacity, render, counters or BrokerCounters())
         self.evicted: list[CloseReason] = []
         self.subscriber = Subscriber(connection_id, f"c{connection_id}", self.outbox,
                                      self.evicted.append)
 
-    def drain(self) -> list[object]:
-        """What the writer would write: frames for messages, other items as queued."""
-        items: list[object] = []
-        while len(self.outbox):
-            batch = self.outbox._items  # the test reads the queue directly, in order
-            item = batch.popleft()
-            items.append(self.outbox.render(item) if isinstance(item, Message) else item)
-        return items
+    async def drain(self) -> list[object]:
+        """Take what is queued as the writer would: frames for messages, others as queued."""
+        if not len(self.outbox):
+            return []
+        batch = await self.outbox.take(10_000)
+        self.outbox.written()
+        return [self.outbox.render(i) if isinstance(i, Message) else i for i in batch]
 
 
 def counting_render() -> tuple[Callable[[Message], bytes], list[int]]:
@@ -63,7 +70,7 @@ async def test_offsets_are_assigned_in_arrival_order_and_frames_rendered_once() 
         assert offsets == [0, 1, 2, 3, 4]
         await broker.flush()
         for connection in connections:
-            assert connection.drain() == [f"frame-{n}".encode() for n in range(5)]
+            assert await connection.drain() == [f"frame-{n}".encode() for n in range(5)]
         # Encoded once per message for all three subscribers, not once per subscriber.
         assert calls == [0, 1, 2, 3, 4]
         assert broker.counters.forwarded == 15
@@ -80,8 +87,8 @@ async def test_a_full_outbox_evicts_only_that_subscriber() -> None:
             await broker.publish("t", broker.payload(b"x", None))
         await broker.flush()
         assert slow.evicted == [CloseReason.SLOW_CONSUMER]
-        assert len(slow.drain()) == 2  # what fit before it was full: no reordering, no gap
-        assert len(fast.drain()) == 5
+        assert len(await slow.drain()) == 2  # what fit before it was full: no reordering, no gap
+        assert len(await fast.drain()) == 5
         assert [s.connection_id for s in await broker.subscribers("t")] == [2]
         assert broker.counters.slow_consumer_disconnects == 1
 
@@ -98,7 +105,7 @@ async def test_subscribing_from_an_offset_replays_history_then_continues_live() 
         assert (result.first_offset, result.next_offset, result.replayed) == (2, 5, 3)
         await broker.publish("t", broker.payload(b"x", None))
         await broker.flush()
-        assert connection.drain() == [("ack", 2), b"frame-2", b"frame-3", b"frame-4",
+        assert await connection.drain() == [("ack", 2), b"frame-2", b"frame-3", b"frame-4",
                                       b"frame-5"]
 
 
@@ -129,7 +136,7 @@ async def test_a_crashed_topic_restarts_with_history_and_subscribers_intact() ->
         await broker.inject_crash("t")
         assert await broker.publish("t", broker.payload(b"x", None)) == 1
         await broker.flush()
-        assert connection.drain() == [b"frame-0", b"frame-1"]
+        assert await connection.drain() == [b"frame-0", b"frame-1"]
         assert (await broker.topic("t")).retained_messages == 2
         assert broker.counters.topic_crashes == 1 and broker.counters.topic_restarts == 1
         assert [s.connection_id for s in await broker.subscribers("other")] == [2]
@@ -159,11 +166,11 @@ async def test_wildcard_subscribers_are_attached_to_existing_and_future_topics()
         await broker.publish("orders.us", broker.payload(b"x", None))
         await broker.publish("users.eu", broker.payload(b"x", None))
         await broker.flush()
-        assert connection.drain() == [b"frame-1", b"frame-0"]
+        assert await connection.drain() == [b"frame-1", b"frame-0"]
         assert await broker.unsubscribe(1, "orders.*") is True
         await broker.publish("orders.us", broker.payload(b"x", None))
         await broker.flush()
-        assert connection.drain() == []
+        assert await connection.drain() == []
 
 
 async def test_a_full_topic_mailbox_makes_publish_wait_then_fail_with_topic_busy(
@@ -175,21 +182,81 @@ async def test_a_full_topic_mailbox_makes_publish_wait_then_fail_with_topic_busy
         await broker.publish("t", broker.payload(b"x", None))
         resume = trio.Event()
         await broker.pause_topic("t", resume)
-        offsets: list[int] = []
+        outcomes: list[str] = []
         async with trio.open_nursery() as nursery:
 
             async def queued_publisher() -> None:
-                offsets.append(await broker.publish("t", broker.payload(b"queued", None)))
+                try:
+                    await broker.publish("t", broker.payload(b"queued", None))
+                    outcomes.append("accepted")
+                except TopicBusy:
+                    outcomes.append("busy")
 
             nursery.start_soon(queued_publisher)
             await trio.testing.wait_all_tasks_blocked()  # it sits in the one mailbox slot
             started = trio.current_time()
-            with pytest.raises(TopicBusy):
+            with pytest.raises(TopicBusy):  # no room: waits publish_timeout, refused
                 await broker.publish("t", broker.payload(b"refused", None))
             assert trio.current_time() - started == pytest.approx(0.5)
-            resume.set()
-        # The queued one was accepted once the topic resumed; the refused one never was.
-        assert offsets == [1]
+        # The queued one was not processed by its deadline either: refused and withdrawn.
+        assert outcomes == ["busy"]
+        resume.set()
+        await broker.flush()
+        # 503 means not accepted: neither refused message was published afterwards.
         page = await broker.history("t", 0, 10)
-        assert [m.data for m in page.messages] == [b"x", b"queued"]
-        assert broker.counters.publish_rejections == {"topic_busy": 1}
+        assert [m.data for m in page.messages] == [b"x"]
+        assert broker.counters.publish_rejections == {"topic_busy": 2}
+
+
+async def test_drop_oldest_topic_keeps_a_stalled_subscriber_and_reports_the_gap() -> None:
+    settings = Settings(topic_idle_seconds=0, topic_defaults=TopicSettings(
+        slow_consumer_policy=SlowConsumerPolicy.DROP_OLDEST))
+    render, _ = counting_render()
+    async with open_broker(settings) as broker:
+        slow = FakeConnection(1, 3, render, broker.counters)
+        fast = FakeConnection(2, 100, render, broker.counters)
+        await broker.subscribe(slow.subscriber, "t")
+        await broker.subscribe(fast.subscriber, "t")
+        for _ in range(10):
+            await broker.publish("t", broker.payload(b"x", None))
+        await broker.flush()
+        assert slow.evicted == []
+        batch = await slow.outbox.take(100)
+        assert batch[0] == Gap("t", 7, 0, 6)
+        assert [m.offset for m in batch[1:]] == [7, 8, 9]  # type: ignore[attr-defined]
+        assert await fast.drain() == [f"frame-{n}".encode() for n in range(10)]
+        assert broker.counters.dropped == 7
+
+
+async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5, topic_defaults=TopicSettings(
+        slow_consumer_policy=SlowConsumerPolicy.BLOCK, mailbox_size=1))
+    render, _ = counting_render()
+    async with open_broker(settings) as broker:
+        slow, fast = FakeConnection(1, 2, render), FakeConnection(2, 100, render)
+        await broker.subscribe(slow.subscriber, "t")
+        await broker.subscribe(fast.subscriber, "t")
+        accepted: list[int] = []
+        refused = 0
+        for _ in range(6):
+            try:
+                accepted.append(await broker.publish("t", broker.payload(b"x", None)))
+            except TopicBusy:
+                refused += 1
+        # The topic waits on the slow outbox: once its one-slot mailbox is full too,
+        # publishers wait publish_timeout and are refused (and a refused message is never
+        # published later). Nothing accepted is lost.
+        assert accepted == [0, 1, 2] and refused == 3
+        assert slow.evicted == [] and broker.counters.slow_consumer_waits == 1
+        delivered: list[object] = []
+        for _ in range(10):  # the slow reader drains a little at a time
+            delivered.extend(await slow.drain())
+            await trio.testing.wait_all_tasks_blocked()
+        await broker.flush()
+        delivered.extend(await slow.drain())
+        expected = [f"frame-{n}".encode() for n in accepted]
+        assert delivered == expected
+        assert await fast.drain() == expected
+        assert (await broker.topic("t")).next_offset == 3
