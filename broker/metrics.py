@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -55,6 +55,7 @@ class Gauges:
     topic_mailbox_depth_max: int = 0
     retained_messages: int = 0
     retained_bytes: int = 0
+    tasks: int = 0
 
 
 class BrokerCollector(Collector):
@@ -101,6 +102,7 @@ class BrokerCollector(Collector):
              "Deepest single topic mailbox."),
             ("broker_retained_messages", g.retained_messages, "Messages retained in history."),
             ("broker_retained_bytes", g.retained_bytes, "Payload bytes retained in history."),
+            ("broker_tasks", g.tasks, "trio tasks alive in the process (leak detector)."),
         ):
             yield GaugeMetricFamily(name, text, value=value)
 
@@ -112,6 +114,8 @@ class BrokerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.collector = BrokerCollector(counters)
         self.registry.register(self.collector)
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds (Linux).
+        ProcessCollector(registry=self.registry)
         self.publish_seconds = Histogram(
             "broker_publish_duration_seconds",
             "Time from a publish reaching the broker to its offset being assigned.",

@@ -49,7 +49,7 @@ class Settings:
     max_payload_bytes: int = 1024 * 1024
     # Largest HTTP body (bulk publish carries many payloads).
     max_body_bytes: int = 8 * 1024 * 1024
-    # Seconds a publish waits for room in a full topic mailbox before answering 503.
+    # Seconds a publish may take in all (mailbox room + the topic reaching it) before 503.
     publish_timeout: float = 1.0
     # Frames queued per WebSocket connection: past this, the slow-consumer policy applies.
     outbox_size: int = 4096

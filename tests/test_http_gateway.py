@@ -168,5 +168,6 @@ async def test_metrics_expose_counters_gauges_and_latency(http: httpx.AsyncClien
     assert "broker_topics 1.0" in text
     assert "broker_publish_duration_seconds_count 3.0" in text
     for name in ("broker_messages_delivered_total", "broker_slow_consumer_disconnects_total",
-                 "broker_connections ", "broker_topic_mailbox_depth "):
+                 "broker_connections ", "broker_topic_mailbox_depth ", "broker_tasks ",
+                 "process_resident_memory_bytes "):
         assert name in text
