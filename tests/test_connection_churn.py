@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import trio
-import trio.lowlevel
+import trio.testing
 
 from .conftest import RunningBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
@@ -13,25 +13,13 @@ ABRUPT = 1000
 AT_ONCE = 100
 
 
-def task_count() -> int:
-    """Every task under the root task, recursively (what a leak would grow)."""
-    count = 0
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 async def test_a_thousand_abrupt_disconnects_leave_no_subscriber_entries(
     running: RunningBroker,
 ) -> None:
     broker = running.broker
     async with websocket(running, "topic=churn.a") as witness:
         await request(witness, op="ping", id=0)
-        baseline_tasks = task_count()
+        baseline_tasks = (await broker.gauges()).tasks
         port = running.addresses.ws_port
         for round_start in range(0, ABRUPT, AT_ONCE):
             raws: list[RawWebSocket] = []
@@ -54,7 +42,7 @@ async def test_a_thousand_abrupt_disconnects_leave_no_subscriber_entries(
         assert counters.connections_closed == ABRUPT
         # No task is left behind by any of the 1,000 connections.
         await trio.testing.wait_all_tasks_blocked()
-        assert task_count() == baseline_tasks
+        assert (await broker.gauges()).tasks == baseline_tasks
         # And the survivor still gets its messages, from both its subscriptions, once.
         async with httpx.AsyncClient() as http:
             await http.post(f"{running.http_url}/v1/topics/churn.a", json="after")
