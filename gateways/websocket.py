@@ -157,7 +157,10 @@ class WebSocketConnection:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._watch_drain)
                 for pattern in initial_patterns:
-                    await self._subscribe(SubscribeRequest(pattern, "latest", None), ack=False)
+                    try:
+                        await self._subscribe(SubscribeRequest(pattern, "latest", None), ack=False)
+                    except RequestRejected as exc:  # e.g. too_many_topics: say so, stay open
+                        await self._reply(codec.encode_error(self._format, None, exc.error))
                 await self._read_loop()
                 # The reader is done: give the writer a bounded time to finish.
                 nursery.cancel_scope.deadline = min(
@@ -186,6 +189,9 @@ class WebSocketConnection:
         self._writer_scope.deadline = min(
             self._writer_scope.deadline, trio.current_time() + self._settings.close_timeout
         )
+        # A full outbox means the writer is busy and will see `_evicted` after its write;
+        # otherwise (e.g. a failed topic) this wakes it to write the close frame now.
+        self.outbox.offer_control(_Close(reason))
 
     async def _watch_drain(self) -> None:
         with self._watcher_scope:

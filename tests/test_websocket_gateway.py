@@ -192,3 +192,28 @@ async def test_the_client_name_appears_in_presence(running: RunningBroker) -> No
         listing = await running.broker.subscribers("p")
         assert [s.client for s in listing] == ["dashboard-1"]
         assert listing[0].connection_id > 0
+
+
+async def test_subscribers_of_a_topic_that_keeps_crashing_are_closed_with_1011(
+    running: RunningBroker,
+) -> None:
+    async with websocket(running, "topic=doomed") as ws:
+        await request(ws, op="ping", id=0)
+        for _ in range(11):  # the restart policy allows 10 a minute, then stops the topic
+            await running.broker.inject_crash("doomed")
+        with pytest.raises(ConnectionClosed) as closed:
+            await receive(ws)
+        assert closed.value.reason.code == 1011
+    await assert_still_serving(running)
+
+
+async def test_a_connect_time_subscription_the_broker_refuses_gets_an_error_frame(
+    start_broker: StartBroker,
+) -> None:
+    running = await start_broker(max_topics=1)
+    async with httpx.AsyncClient() as http:
+        await http.post(f"{running.http_url}/v1/topics/first", json=1)
+    async with websocket(running, "topic=second") as ws:
+        error = await receive(ws)
+        assert (error["op"], error["code"]) == ("error", "too_many_topics")
+        assert await request(ws, op="ping", id=1) == {"op": "ok", "id": 1}
