@@ -26,7 +26,7 @@ from actors import (
 
 from .connection import Subscriber
 from .errors import AlreadySubscribed, NotSubscribed, TooManyTopics
-from .messages import Subscribe, SubscribeResult, Unsubscribe
+from .messages import SubscribeResult
 from .metrics import BrokerCounters
 from .policies import CloseReason
 from .settings import Settings
@@ -57,20 +57,21 @@ class ListTopics:
 
 @dataclass(frozen=True, slots=True)
 class SubscribePattern:
-    """A wildcard subscription: kept here, attached to every matching topic, now and later."""
+    """Record a wildcard subscription; answered with the existing topics it matches."""
 
     subscriber: Subscriber
     pattern: str
-    start: str
     ack: Callable[[SubscribeResult], object] | None
-    reply: Reply[SubscribeResult]
+    reply: Reply[list[TopicActor]]
 
 
 @dataclass(frozen=True, slots=True)
 class UnsubscribePattern:
+    """Forget a wildcard subscription; answered with the topics it matched (or None)."""
+
     subscriber_id: int
     pattern: str
-    reply: Reply[bool] | None
+    reply: Reply[list[TopicActor] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +116,10 @@ class TopicDirectory:
                     [t for n, t in sorted(self._topics.items())
                      if n.startswith(prefix) and not t.retired]
                 )
-            case SubscribePattern(subscriber, pattern, start, ack, reply):
-                reply.send(await self._subscribe_pattern(subscriber, pattern, start, ack))
+            case SubscribePattern(subscriber, pattern, ack, reply):
+                reply.send(self._subscribe_pattern(subscriber, pattern, ack))
             case UnsubscribePattern(subscriber_id, pattern, reply):
-                removed = await self._unsubscribe_pattern(subscriber_id, pattern)
-                if reply is not None:
-                    reply.send(removed)
+                reply.send(self._unsubscribe_pattern(subscriber_id, pattern))
             case Retired(topic):
                 if self._topics.get(topic.name) is topic:
                     del self._topics[topic.name]
@@ -167,13 +166,18 @@ class TopicDirectory:
         if topic is not None:
             topic.fail(CloseReason.TOPIC_FAILED)
 
-    async def _subscribe_pattern(
+    def _subscribe_pattern(
         self,
         subscriber: Subscriber,
         pattern: str,
-        start: str,
         ack: Callable[[SubscribeResult], object] | None,
-    ) -> SubscribeResult:
+    ) -> list[TopicActor]:
+        """Record a wildcard subscription; return the existing topics it matches.
+
+        Topics created from now on attach the subscriber themselves (from the trie). The
+        caller tells the returned topics: the directory never waits on a topic, so one
+        stalled topic (full mailbox) cannot freeze every lookup.
+        """
         holders = self._patterns.get(pattern)
         if holders is None:
             holders = {}
@@ -181,30 +185,24 @@ class TopicDirectory:
         if subscriber.id in holders:
             raise AlreadySubscribed(f"already subscribed to {pattern!r}")
         holders[subscriber.id] = subscriber
-        result = SubscribeResult(0, 0, replayed=0)
         if ack is not None:
-            # If this does not fit, the first forwarded message finds the same outbox state
-            # and the topic's policy applies then.
-            subscriber.outbox.offer_control(ack(result))
-        for name, topic in list(self._topics.items()):
-            if not topic.retired and pattern_matches(pattern, name):
-                try:
-                    await topic.address.tell(Subscribe(subscriber, pattern, start, None, None))
-                except ActorStopped:
-                    pass  # retired meanwhile; a recreated topic attaches from the trie
-        return result
+            # Queued before any topic can forward to it. If it does not fit, the first
+            # forwarded message finds the same full outbox and the topic's policy applies.
+            subscriber.outbox.offer_control(ack(SubscribeResult(0, 0, replayed=0)))
+        return self._matching(pattern)
 
-    async def _unsubscribe_pattern(self, subscriber_id: int, pattern: str) -> bool:
+    def _unsubscribe_pattern(self, subscriber_id: int, pattern: str) -> list[TopicActor] | None:
+        """Forget a wildcard subscription; the topics it matches (None if there was none)."""
         holders = self._patterns.get(pattern)
         if holders is None or subscriber_id not in holders:
-            return False
+            return None
         del holders[subscriber_id]
         if not holders:
             self._patterns.remove(pattern)
-        for name, topic in list(self._topics.items()):
-            if not topic.retired and pattern_matches(pattern, name):
-                try:
-                    await topic.address.tell(Unsubscribe(subscriber_id, pattern, None))
-                except ActorStopped:
-                    pass
-        return True
+        return self._matching(pattern)
+
+    def _matching(self, pattern: str) -> list[TopicActor]:
+        return [
+            topic for name, topic in self._topics.items()
+            if not topic.retired and pattern_matches(pattern, name)
+        ]

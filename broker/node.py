@@ -52,6 +52,7 @@ from .messages import (
     ReadHistory,
     Subscribe,
     SubscribeResult,
+    TopicRequest,
     Unsubscribe,
 )
 from .metrics import BrokerCounters, BrokerMetrics, Gauges
@@ -151,7 +152,7 @@ class Broker:
         started = time.perf_counter()
         deadline = trio.current_time() + self.settings.publish_timeout
         for _ in range(LOOKUP_ATTEMPTS):
-            actor = await self._lookup(topic, create=True)
+            actor = await self._lookup(topic, create=True, timeout=deadline - trio.current_time())
             assert actor is not None
             reply: Reply[int] = Reply()
             try:
@@ -254,9 +255,8 @@ class Broker:
         if is_wildcard(pattern):
             if isinstance(start, int):
                 raise InvalidFrame('a wildcard subscription takes "from": "latest" or "earliest"')
-            return await self._ask_directory(
-                lambda reply: SubscribePattern(subscriber, pattern, start, ack, reply)
-            )
+            await self._subscribe_wildcard(subscriber, pattern, start, ack)
+            return SubscribeResult(0, 0, replayed=0)
         for _ in range(LOOKUP_ATTEMPTS):
             actor = await self._lookup(pattern, create=True)
             assert actor is not None
@@ -275,9 +275,13 @@ class Broker:
     async def unsubscribe(self, subscriber_id: int, pattern: str) -> bool:
         """Remove one subscription; False if it did not exist."""
         if is_wildcard(pattern):
-            return await self._ask_directory(
+            topics = await self._ask_directory(
                 lambda reply: UnsubscribePattern(subscriber_id, pattern, reply)
             )
+            if topics is None:
+                return False
+            await self._tell_each(topics, lambda: Unsubscribe(subscriber_id, pattern, None))
+            return True
         actor = await self._lookup(pattern, create=False)
         if actor is None:
             return False
@@ -289,6 +293,51 @@ class Broker:
             )
         except (ActorStopped, AskTimeout):
             return False
+
+    async def _subscribe_wildcard(
+        self,
+        subscriber: Subscriber,
+        pattern: str,
+        start: str,
+        ack: Callable[[SubscribeResult], object] | None,
+    ) -> None:
+        """The directory records the pattern (new topics attach it themselves); this task,
+        not the directory, tells the existing matching topics, so a stalled topic delays
+        only this subscriber. If one will not take it, the subscription is undone."""
+        topics = await self._ask_directory(
+            lambda reply: SubscribePattern(subscriber, pattern, ack, reply)
+        )
+        refused = await self._tell_each(
+            topics, lambda: Subscribe(subscriber, pattern, start, None, None)
+        )
+        if refused:
+            # Undo: forget the pattern, and leave the topics that took it (not the stuck
+            # ones, which never got it and would only make us wait again).
+            matching = await self._ask_directory(
+                lambda reply: UnsubscribePattern(subscriber.id, pattern, reply)
+            )
+            took_it = [t for t in matching or [] if t.name not in refused]
+            await self._tell_each(took_it, lambda: Unsubscribe(subscriber.id, pattern, None))
+            raise Unavailable(
+                f"topic {refused[0]!r} is not taking requests (its mailbox stayed full); "
+                "retry the subscription"
+            )
+
+    async def _tell_each(
+        self, topics: list[TopicActor], build: Callable[[], TopicRequest]
+    ) -> list[str]:
+        """Put `build()` in each topic's mailbox, each within `publish_timeout`; returns the
+        names of topics that stayed full (retired ones are skipped: a recreated topic
+        attaches wildcard subscribers from the directory's trie)."""
+        refused = []
+        for topic in topics:
+            try:
+                await topic.address.tell_within(build(), self.settings.publish_timeout)
+            except MailboxFull:
+                refused.append(topic.name)
+            except ActorStopped:
+                pass
+        return refused
 
     # -- reading -------------------------------------------------------------------------
 
@@ -345,15 +394,19 @@ class Broker:
             raise TopicNotFound(f"no topic {name!r}")
         return actor
 
-    async def _lookup(self, name: str, create: bool) -> TopicActor | None:
-        return await self._ask_directory(lambda reply: Lookup(name, create, reply))
+    async def _lookup(
+        self, name: str, create: bool, timeout: float = ANSWER_TIMEOUT
+    ) -> TopicActor | None:
+        return await self._ask_directory(lambda reply: Lookup(name, create, reply), timeout)
 
     async def _topics(self, prefix: str) -> list[TopicActor]:
         return await self._ask_directory(lambda reply: ListTopics(prefix, reply))
 
-    async def _ask_directory(self, build: Callable[[Reply], DirectoryRequest]):  # type: ignore[no-untyped-def]
+    async def _ask_directory(  # type: ignore[no-untyped-def]
+        self, build: Callable[[Reply], DirectoryRequest], timeout: float = ANSWER_TIMEOUT
+    ):
         try:
-            return await ask(self._directory, build, timeout=ANSWER_TIMEOUT)
+            return await ask(self._directory, build, timeout=max(timeout, 0.0))
         except (ActorStopped, AskTimeout) as exc:
             raise Unavailable("the topic directory did not answer in time") from exc
 

@@ -18,6 +18,7 @@ from broker import (
     Subscriber,
     TopicBusy,
     TopicSettings,
+    Unavailable,
     open_broker,
 )
 from broker.metrics import BrokerCounters
@@ -260,3 +261,32 @@ async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
         assert delivered == expected
         assert await fast.drain() == expected
         assert (await broker.topic("t")).next_offset == 3
+
+
+async def test_a_topic_stalled_under_block_does_not_freeze_wildcard_subscribes_elsewhere(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5, topic_defaults=TopicSettings(
+        slow_consumer_policy=SlowConsumerPolicy.BLOCK, mailbox_size=1))
+    render, _ = counting_render()
+    async with open_broker(settings) as broker:
+        stalled = FakeConnection(1, 1, render, broker.counters)
+        await broker.subscribe(stalled.subscriber, "s.stuck")
+        for _ in range(4):  # the topic blocks on the stalled outbox; its mailbox fills
+            try:
+                await broker.publish("s.stuck", broker.payload(b"x", None))
+            except TopicBusy:
+                pass
+        other = FakeConnection(2, 100, render, broker.counters)
+        await broker.publish("s.fine", broker.payload(b"x", None))
+        # The wildcard matches the stuck topic: the subscription is refused, not hung...
+        started = trio.current_time()
+        with pytest.raises(Unavailable):
+            await broker.subscribe(other.subscriber, "s.*")
+        assert trio.current_time() - started == pytest.approx(0.5)
+        # ...and the rest of the broker keeps answering at once.
+        started = trio.current_time()
+        assert await broker.publish("s.fine", broker.payload(b"y", None)) == 1
+        assert {t.name for t in await broker.topics("s.")} == {"s.stuck", "s.fine"}
+        assert trio.current_time() == started
+        assert await broker.subscribers("s.fine") == []  # the refused wildcard was undone
