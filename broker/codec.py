@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import enum
 import io
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,7 @@ def check_payload(data: bytes, content_type: str | None, max_bytes: int) -> Payl
         except orjson.JSONDecodeError as exc:
             raise InvalidPayload(f"body is not valid JSON: {exc}") from exc
     elif kind is PayloadKind.CBOR:
-        _load_cbor(data, "body")
+        _cbor_as_json(_load_cbor(data, "body"), "body")
     elif kind is PayloadKind.TEXT:
         try:
             data.decode("utf-8")
@@ -105,6 +106,16 @@ def load_cbor_item(data: bytes) -> Any:
     return value
 
 
+def _cbor_as_json(value: Any, what: str) -> bytes:
+    """The JSON rendering of a CBOR value, or `InvalidPayload` if it has none (e.g. the
+    cyclic structures CBOR's shared-reference tags can build): checked at publish, so
+    rendering for subscribers later cannot fail."""
+    try:
+        return to_json(value)
+    except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        raise InvalidPayload(f"{what} cannot be shown as JSON: {type(exc).__name__}") from None
+
+
 def _load_cbor(data: bytes, what: str) -> Any:
     try:
         return load_cbor_item(data)
@@ -113,6 +124,21 @@ def _load_cbor(data: bytes, what: str) -> Any:
 
 
 # ---- JSON views of arbitrary values ----------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    """orjson's fallback for leaf values CBOR can carry and JSON cannot: simple values
+    become `{"simple": n}`; decimals, fractions, IP addresses, regexes etc. their text."""
+    if isinstance(value, cbor2.CBORSimpleValue):
+        return {"simple": value.value}
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    return str(value)
+
+
+def to_json(value: Any) -> bytes:
+    """JSON text of any decoded value (see `jsonable` and `_json_default`)."""
+    return orjson.dumps(jsonable(value), default=_json_default)
 
 
 def jsonable(value: Any) -> Any:
@@ -125,8 +151,8 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, cbor2.CBORTag):
         return {"tag": value.tag, "value": jsonable(value.value)}
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)  # beyond what orjson (and most JSON readers) take as a number
     if value is cbor2.undefined:
         return None
     if isinstance(value, set | frozenset):
@@ -142,7 +168,7 @@ def payload_as_json(message: Message) -> bytes:
     if kind is PayloadKind.TEXT:
         return orjson.dumps(message.data.decode("utf-8"))
     if kind is PayloadKind.CBOR:
-        return orjson.dumps(jsonable(cbor2.loads(message.data)))
+        return to_json(cbor2.loads(message.data))
     return b'{"base64":"' + base64.b64encode(message.data) + b'"}'
 
 
@@ -200,7 +226,7 @@ def encode_message_cbor(message: Message) -> bytes:
 def encode_object(fmt: WireFormat, obj: dict[str, Any]) -> bytes:
     """Encode a reply (`ok`, `error`, ...) for a connection's wire format."""
     if fmt is WireFormat.JSON:
-        return orjson.dumps(jsonable(obj))
+        return to_json(obj)
     return cbor2.dumps(obj)
 
 
@@ -277,6 +303,11 @@ def decode_request(fmt: WireFormat, frame: bytes | str, max_payload_bytes: int) 
         raise RequestRejected(InvalidFrame("a frame must be an object with an \"op\" field"))
     request_id = obj.get("id")
     try:
+        encode_object(fmt, {"id": request_id})
+    except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError,
+            cbor2.CBOREncodeError) as exc:
+        raise RequestRejected(InvalidFrame(f"the id cannot be echoed back: {exc}")) from None
+    try:
         return _request_from_object(fmt, obj, request_id, max_payload_bytes)
     except BrokerError as exc:
         raise RequestRejected(exc, request_id) from exc
@@ -296,12 +327,17 @@ def _request_from_object(
         topic = validate_topic(_required(obj, "topic"))
         if "data" not in obj:
             raise InvalidFrame('"publish" needs a "data" field')
-        if fmt is WireFormat.JSON:
-            data, kind = orjson.dumps(obj["data"]), PayloadKind.JSON
-            content_type = "application/json"
-        else:
-            data, kind = cbor2.dumps(obj["data"]), PayloadKind.CBOR
-            content_type = "application/cbor"
+        try:
+            if fmt is WireFormat.JSON:
+                data, kind = orjson.dumps(obj["data"]), PayloadKind.JSON
+                content_type = "application/json"
+            else:
+                data, kind = cbor2.dumps(obj["data"]), PayloadKind.CBOR
+                content_type = "application/cbor"
+                _cbor_as_json(obj["data"], '"data"')
+        except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError,
+                cbor2.CBOREncodeError) as exc:
+            raise InvalidPayload(f'"data" cannot be encoded: {type(exc).__name__}') from None
         if len(data) > max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload is {len(data)} bytes; the limit is {max_payload_bytes}"

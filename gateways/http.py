@@ -73,6 +73,9 @@ def create_app(broker: Broker, ready: Any) -> QuartTrio:
     app = QuartTrio("broker")
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_body_bytes, settings.max_payload_bytes)
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    # No redirects with HTML bodies (e.g. for "//a.b"): every answer is JSON.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
 
     @app.errorhandler(BrokerError)
     async def broker_error(error: BrokerError) -> Response:

@@ -513,7 +513,7 @@ async def _handshake(stream: trio.abc.Stream, settings: Settings) -> _Handshake 
             _http_response(404, "Not Found", "not_found", f"the WebSocket endpoint is {PATH}")
         )
         return None
-    query = parse_qs(url.query)
+    query = parse_qs(url.query, keep_blank_values=True)  # ?topic= is an invalid name
     patterns = query.get("topic", [])
     client = query.get("client", [""])[-1]
     try:

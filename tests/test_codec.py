@@ -24,6 +24,7 @@ from broker.codec import (
     decode_request,
     encode_message_cbor,
     encode_message_json,
+    encode_ok,
     payload_kind,
 )
 from broker.errors import InvalidPayload, InvalidTopic, PayloadTooLarge
@@ -425,3 +426,26 @@ def test_decode_batch_rejects_data_the_body_format_cannot_encode() -> None:
     document = {"messages": [{"topic": "a", "data": 2**64}]}
     with pytest.raises(InvalidPayload, match=r"messages\[0\]"):
         decode_batch(document, PayloadKind.JSON, 1024)
+
+
+def test_cyclic_cbor_from_shared_references_is_refused_at_publish() -> None:
+    cyclic = b"\xd8\x1c\x81\xd8\x1d\x00"  # shareable([sharedref(0)]): a list holding itself
+    with pytest.raises(InvalidPayload):
+        check_payload(cyclic, "application/cbor", 1024)
+
+
+def test_cbor_simple_values_have_a_json_rendering() -> None:
+    data = cbor2.dumps([cbor2.CBORSimpleValue(119)])
+    assert check_payload(data, "application/cbor", 1024) is PayloadKind.CBOR
+    message = Message("t", 0, data, "application/cbor", PayloadKind.CBOR, 0.0)
+    assert orjson.loads(encode_message_json(message))["data"] == [{"simple": 119}]
+
+
+def test_request_ids_keep_their_full_int64_range_and_unechoable_ids_are_refused() -> None:
+    frame = orjson.dumps({"op": "ping", "id": -(2**63)})
+    request = decode_request(WireFormat.JSON, frame, 1024)
+    assert orjson.loads(encode_ok(WireFormat.JSON, request.id)) == {"op": "ok", "id": -(2**63)}
+    cyclic_id = b"\xa2bopdpingbid\xd8\x1c\x81\xd8\x1d\x00"
+    with pytest.raises(RequestRejected) as rejected:
+        decode_request(WireFormat.CBOR, cyclic_id, 1024)
+    assert rejected.value.error.code == "invalid_frame"

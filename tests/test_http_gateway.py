@@ -171,3 +171,10 @@ async def test_metrics_expose_counters_gauges_and_latency(http: httpx.AsyncClien
                  "broker_connections ", "broker_topic_mailbox_depth ", "broker_tasks ",
                  "process_resident_memory_bytes "):
         assert name in text
+
+
+async def test_a_path_with_doubled_slashes_is_a_json_404_not_a_redirect(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post("//v1/topics/a.b", json=1)
+    assert_error(response, 404, "not_found")

@@ -217,3 +217,12 @@ async def test_a_connect_time_subscription_the_broker_refuses_gets_an_error_fram
         error = await receive(ws)
         assert (error["op"], error["code"]) == ("error", "too_many_topics")
         assert await request(ws, op="ping", id=1) == {"op": "ok", "id": 1}
+
+
+async def test_an_empty_topic_in_the_connect_query_is_rejected_with_400(
+    running: RunningBroker,
+) -> None:
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with websocket(running, "topic="):
+            pass
+    assert rejected.value.status_code == 400
