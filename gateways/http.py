@@ -75,7 +75,6 @@ def create_app(broker: Broker, ready: Any) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     # No redirects with HTML bodies (e.g. for "//a.b"): every answer is JSON.
     app.url_map.merge_slashes = False
-    app.url_map.strict_slashes = False
 
     @app.errorhandler(BrokerError)
     async def broker_error(error: BrokerError) -> Response:

@@ -66,7 +66,9 @@ def _hypercorn_config(settings: Settings) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup
     config.graceful_timeout = settings.drain_seconds
-    config.keep_alive_timeout = 75.0  # publishers keep their connection across pauses
+    # hypercorn's default: it also bounds how long a connection that never sends a
+    # complete request holds its socket and tasks (75 s here let dropped connections pile up).
+    config.keep_alive_timeout = 5.0
     return config
 
 
