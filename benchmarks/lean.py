@@ -80,12 +80,20 @@ class Endpoint:
 # -- raw sockets under trio ----------------------------------------------------------------
 
 
-async def open_socket(host: str, port: int) -> socket.socket:
-    """A connected, non-blocking TCP socket with Nagle off (small requests leave at once)."""
+async def open_socket(
+    host: str, port: int, receive_buffer: int | None = None
+) -> socket.socket:
+    """A connected, non-blocking TCP socket with Nagle off (small requests leave at once).
+
+    `receive_buffer` sets SO_RCVBUF before connecting, so the advertised window is small
+    from the start (a stalled subscriber that fills up fast).
+    """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
+        if receive_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:

@@ -59,7 +59,6 @@ import argparse
 import base64
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -80,6 +79,7 @@ from .lean import (
     SubscriberGroup,
     WsSubscriber,
     close_socket,
+    open_socket,
     send_all,
 )
 from .quick import (
@@ -190,20 +190,8 @@ class StalledSubscriber:
 
     async def connect(self) -> None:
         host, port = self.ws.host, self.ws.port
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
+        sock = await open_socket(host, port, receive_buffer=self.rcvbuf)
         try:
-            # Before connect, so the window it advertises is small from the start.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-            sock.setblocking(False)
-            try:
-                sock.connect(address)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if error:
-                    raise OSError(error, os.strerror(error)) from None
             key = base64.b64encode(os.urandom(16))
             await send_all(
                 sock,
