@@ -671,14 +671,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def pick_cores(pin: bool) -> tuple[list[int], int | None, int | None]:
+    """(cores available, the broker's core, the load generator's core): the first and the
+    last core when pinning is wanted and there are two or more, else no pinning."""
+    available = sorted(os.sched_getaffinity(0))
+    if pin and len(available) >= 2:
+        return available, available[0], available[-1]
+    return available, None, None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    available = sorted(os.sched_getaffinity(0))
-    broker_core = gen_core = None
-    if not args.no_pin and len(available) >= 2:
-        broker_core, gen_core = available[0], available[-1]
-        if args.url:
-            broker_core = None  # not ours to pin; we still keep to the last core
+    available, broker_core, gen_core = pick_cores(not args.no_pin)
+    if args.url:
+        broker_core = None  # not ours to pin; we still keep to the last core
     broker: BrokerProcess | None = None
     if args.url:
         http_url, ws_url, broker_pid = args.url, args.ws_url, args.broker_pid

@@ -89,6 +89,7 @@ from .quick import (
     CpuMeter,
     git_commit,
     own_cpu_seconds,
+    pick_cores,
     proc_cpu_seconds,
 )
 
@@ -1136,10 +1137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    available = sorted(os.sched_getaffinity(0))
-    broker_core = gen_core = None
-    if not args.no_pin and len(available) >= 2:
-        broker_core, gen_core = available[0], available[-1]
+    _, broker_core, gen_core = pick_cores(not args.no_pin)
     broker: BrokerProcess | None = None
     config_path = None
     if args.url:
