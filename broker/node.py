@@ -236,13 +236,6 @@ class Broker:
                 nursery.start_soon(publish_group, topic, indexes)
         return results
 
-    async def _answer(self, reply: Reply[object]) -> object:
-        with trio.move_on_after(ANSWER_TIMEOUT):
-            return await reply.wait()
-        raise Unavailable("the topic did not answer in time")
-
-    # -- subscribing ---------------------------------------------------------------------
-
     async def subscribe(
         self,
         subscriber: Subscriber,
