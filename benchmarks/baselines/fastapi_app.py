@@ -4,7 +4,9 @@ It is the `ConnectionManager` of the FastAPI WebSocket docs, keyed by topic: a l
 connections per topic guarded by one `asyncio.Lock`. A publish takes the topic's next offset
 and a snapshot of its list under the lock, serializes the message ONCE with `json.dumps`
 (what a typical user writes; no orjson), then awaits `websocket.send_text` for each
-subscriber in turn and only then answers the publisher.
+subscriber in turn and only then answers the publisher. The encoding is the one Starlette's
+`websocket.send_json` uses (compact separators, `ensure_ascii=False`), done once per message
+instead of once per subscriber.
 
 It speaks the slice of the v1 contract (/work/shared/API.md) the benchmarks use, with the
 same answer shapes as the broker, so a scenario runs unchanged against either:
@@ -63,6 +65,11 @@ class ClientError(Exception):
         self.message = message
 
 
+def encode(frame: Any) -> str:
+    """JSON text as Starlette's `send_json` writes it."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
 def checked_topic(name: object) -> str:
     """`name` if it is a valid exact topic name, else `ClientError("invalid_topic")`."""
     if (
@@ -107,7 +114,7 @@ class TopicSubscribers:
             offset = self.next_offset.get(topic, 0)
             self.next_offset[topic] = offset + 1
             connections = list(self.active.get(topic, ()))
-        text = json.dumps({"op": "message", "topic": topic, "offset": offset, "data": data})
+        text = encode({"op": "message", "topic": topic, "offset": offset, "data": data})
         for websocket in connections:
             try:
                 await websocket.send_text(text)
@@ -190,7 +197,7 @@ def create_app() -> FastAPI:
                     break
                 text = message.get("text")
                 reply = await answer(text, websocket, subscribed)
-                await websocket.send_text(json.dumps(reply))
+                await websocket.send_text(encode(reply))
         except WebSocketDisconnect:
             pass  # the client went away: unsubscribe below
         finally:
