@@ -2,7 +2,9 @@
 
 It creates each topic under the topics supervisor on first use, attaches the wildcard
 subscribers whose patterns match a new topic, and forgets topics that retired when idle.
-Publishes do not pass through it: callers look a topic up, then talk to the topic.
+Publishes do not pass through it: callers `find` a known topic without a message (the map
+has one writer, this actor; readers only read it, and a retired topic is skipped), and ask
+the directory only to create one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from actors import (
 
 from .connection import Subscriber
 from .errors import AlreadySubscribed, NotSubscribed, TooManyTopics
-from .messages import SubscribeResult
+from .messages import SubscribeResult, Unsubscribe
 from .metrics import BrokerCounters
 from .policies import CloseReason
 from .settings import Settings
@@ -75,11 +77,25 @@ class UnsubscribePattern:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetPatterns:
+    """A connection has closed: forget its wildcard subscriptions, with no reply.
+
+    The directory tells the matching topics without waiting; a topic whose mailbox is full
+    forgets the closed subscriber by itself (its outbox answers CLOSED).
+    """
+
+    subscriber_id: int
+    patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Retired:
     topic: TopicActor
 
 
-DirectoryRequest = Lookup | ListTopics | SubscribePattern | UnsubscribePattern | Retired
+DirectoryRequest = (
+    Lookup | ListTopics | SubscribePattern | UnsubscribePattern | ForgetPatterns | Retired
+)
 
 
 class TopicDirectory:
@@ -93,6 +109,17 @@ class TopicDirectory:
         self.address: Address[DirectoryRequest] = self._mailbox.address
         self._topics: dict[str, TopicActor] = {}
         self._patterns: SubjectTrie[dict[int, Subscriber]] = SubjectTrie()
+
+    def find(self, name: str) -> TopicActor | None:
+        """The running topic `name`, if known; read-only, safe from any task, no message.
+
+        The publish path's lookup: it must not queue behind subscription work in this
+        actor's mailbox (a connect storm would otherwise delay publishes to idle topics).
+        """
+        topic = self._topics.get(name)
+        if topic is None or topic.retired:
+            return None
+        return topic
 
     async def run(self, *, task_status: trio.TaskStatus[Address[DirectoryRequest]]) -> None:
         task_status.started(self.address)
@@ -120,6 +147,13 @@ class TopicDirectory:
                 reply.send(self._subscribe_pattern(subscriber, pattern, ack))
             case UnsubscribePattern(subscriber_id, pattern, reply):
                 reply.send(self._unsubscribe_pattern(subscriber_id, pattern))
+            case ForgetPatterns(subscriber_id, patterns):
+                for pattern in patterns:
+                    for topic in self._unsubscribe_pattern(subscriber_id, pattern) or []:
+                        try:
+                            topic.address.tell_nowait(Unsubscribe(subscriber_id, pattern, None))
+                        except (MailboxFull, ActorStopped):
+                            pass  # the topic forgets a closed subscriber by itself
             case Retired(topic):
                 if self._topics.get(topic.name) is topic:
                     del self._topics[topic.name]
@@ -143,7 +177,8 @@ class TopicDirectory:
         )
         for pattern, subscribers in self._patterns.match(name):
             for subscriber in subscribers.values():
-                topic.attach(subscriber, pattern)
+                if not subscriber.outbox.closed:  # closed: its ForgetPatterns is on its way
+                    topic.attach(subscriber, pattern)
         await self._supervisor.start(name, topic.run, policy=TOPIC_RESTART_POLICY)
         self._topics[name] = topic
         self._counters.topics_created += 1

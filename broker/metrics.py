@@ -51,6 +51,8 @@ class Gauges:
     connections: int = 0
     topics: int = 0
     subscriptions: int = 0
+    # Entries of closed connections not yet forgotten by their topic (should fall to 0).
+    closed_subscriptions: int = 0
     topic_mailbox_depth: int = 0
     topic_mailbox_depth_max: int = 0
     retained_messages: int = 0
@@ -95,7 +97,9 @@ class BrokerCollector(Collector):
         for name, value, text in (
             ("broker_connections", g.connections, "Open WebSocket connections."),
             ("broker_topics", g.topics, "Topics that exist."),
-            ("broker_subscriptions", g.subscriptions, "Subscriber entries across topics."),
+            ("broker_subscriptions", g.subscriptions, "Live subscriber entries across topics."),
+            ("broker_subscriptions_closed", g.closed_subscriptions,
+             "Entries of closed connections that topics have not yet forgotten."),
             ("broker_topic_mailbox_depth", g.topic_mailbox_depth,
              "Requests queued in all topic mailboxes."),
             ("broker_topic_mailbox_depth_max", g.topic_mailbox_depth_max,

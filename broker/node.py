@@ -35,6 +35,7 @@ from .codec import check_payload
 from .connection import Subscriber, SubscriberInfo
 from .directory import (
     DirectoryRequest,
+    ForgetPatterns,
     ListTopics,
     Lookup,
     SubscribePattern,
@@ -79,11 +80,13 @@ class Broker:
         directory: Address[DirectoryRequest],
         counters: BrokerCounters,
         metrics: BrokerMetrics,
+        find: Callable[[str], TopicActor | None],
     ) -> None:
         self.settings = settings
         self.counters = counters
         self.metrics = metrics
         self._directory = directory
+        self._find = find  # TopicDirectory.find: a known topic without a message
         self._draining = False
         # Publishes past the draining check and not yet answered; drain waits for them.
         self._in_flight = 0
@@ -287,6 +290,33 @@ class Broker:
         except (ActorStopped, AskTimeout):
             return False
 
+    async def disconnect(self, subscriber_id: int, patterns: list[str]) -> None:
+        """A connection has closed: drop all its subscriptions, waiting on no topic.
+
+        Exact subscriptions are dropped with one `tell_nowait` to each topic; wildcards go
+        to the directory in one message (waiting at most `publish_timeout` for room). What
+        does not fit is not lost: a topic forgets a subscriber whose outbox is closed on its
+        next forward or idle tick, and listings never show one.
+        """
+        wildcards = []
+        for pattern in patterns:
+            if is_wildcard(pattern):
+                wildcards.append(pattern)
+                continue
+            actor = self._find(pattern)
+            if actor is not None:
+                try:
+                    actor.address.tell_nowait(Unsubscribe(subscriber_id, pattern, None))
+                except (MailboxFull, ActorStopped):
+                    pass  # see the docstring
+        if wildcards:
+            try:
+                await self._directory.tell_within(
+                    ForgetPatterns(subscriber_id, tuple(wildcards)), self.settings.publish_timeout
+                )
+            except (MailboxFull, ActorStopped):
+                pass
+
     async def _subscribe_wildcard(
         self,
         subscriber: Subscriber,
@@ -361,6 +391,7 @@ class Broker:
             connections=self.connections,
             topics=len(stats),
             subscriptions=sum(s.subscribers for s in stats),
+            closed_subscriptions=sum(s.closed_subscribers for s in stats),
             topic_mailbox_depth=sum(s.mailbox_depth for s in stats),
             topic_mailbox_depth_max=max((s.mailbox_depth for s in stats), default=0),
             retained_messages=sum(s.retained_messages for s in stats),
@@ -390,6 +421,11 @@ class Broker:
     async def _lookup(
         self, name: str, create: bool, timeout: float = ANSWER_TIMEOUT
     ) -> TopicActor | None:
+        """The topic `name`: found without a message if it runs; else asked of (and, with
+        `create`, made by) the directory."""
+        actor = self._find(name)
+        if actor is not None:
+            return actor
         return await self._ask_directory(lambda reply: Lookup(name, create, reply), timeout)
 
     async def _topics(self, prefix: str) -> list[TopicActor]:
@@ -436,7 +472,7 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
                 "directory", directory.run, policy=DIRECTORY_RESTART_POLICY
             )
             try:
-                yield Broker(settings, address, counters, metrics)
+                yield Broker(settings, address, counters, metrics, directory.find)
             finally:
                 root.cancel()
                 topics.cancel()

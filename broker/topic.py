@@ -59,7 +59,8 @@ class TopicStatistics:
     """One topic's figures, as listings and metrics show them."""
 
     name: str
-    subscribers: int
+    subscribers: int  # live ones
+    closed_subscribers: int  # of closed connections, not yet forgotten
     next_offset: int
     first_retained: int
     retained_messages: int
@@ -142,13 +143,23 @@ class TopicActor:
             raise
 
     async def _next_request(self) -> TopicRequest | None:
-        """The next request; None after an idle period that did not retire the topic."""
-        if self._idle_seconds <= 0 or self._subscriptions:
+        """The next request; None after an idle period (which forgot closed subscribers
+        and retired the topic if nobody is left)."""
+        if self._idle_seconds <= 0:
             return await self._mailbox.receive()
         with trio.move_on_after(self._idle_seconds):
             return await self._mailbox.receive()
+        self._forget_closed()
         self._retire_if_idle()
         return None
+
+    def _forget_closed(self) -> None:
+        """Drop subscribers whose connection has closed but whose unsubscribe never came
+        (their teardown found our mailbox full): no traffic means no forward to notice."""
+        for subscriber_id in [
+            i for i, s in self._subscriptions.items() if s.subscriber.outbox.closed
+        ]:
+            del self._subscriptions[subscriber_id]
 
     def _retire_if_idle(self) -> None:
         if self._subscriptions or self._mailbox.statistics().depth:
@@ -345,13 +356,19 @@ class TopicActor:
     # -- inspection (read-only, safe from any task) ----------------------------------------
 
     def subscribers(self) -> list[SubscriberInfo]:
-        return [s.subscriber.info() for s in self._subscriptions.values()]
+        """Live subscribers: a closed connection not yet forgotten is not listed."""
+        return [
+            s.subscriber.info() for s in self._subscriptions.values()
+            if not s.subscriber.outbox.closed
+        ]
 
     def statistics(self) -> TopicStatistics:
         mailbox = self._mailbox.statistics()
+        closed = sum(1 for s in self._subscriptions.values() if s.subscriber.outbox.closed)
         return TopicStatistics(
             name=self.name,
-            subscribers=len(self._subscriptions),
+            subscribers=len(self._subscriptions) - closed,
+            closed_subscribers=closed,
             next_offset=self._history.next_offset,
             first_retained=self._history.first_offset,
             retained_messages=len(self._history),

@@ -172,11 +172,8 @@ class WebSocketConnection:
             # topics' next offer answers CLOSED, so they forget us even if...
             self.outbox.close()
             with trio.CancelScope(shield=True), trio.move_on_after(TEARDOWN_SECONDS):
-                for pattern in list(self._patterns):
-                    try:
-                        await self._broker.unsubscribe(self.id, pattern)
-                    except BrokerError:
-                        pass  # ...an unsubscribe is refused (topic gone or busy)
+                # ...their unsubscribe does not fit (see Broker.disconnect).
+                await self._broker.disconnect(self.id, list(self._patterns))
                 await self._stream.aclose()
             counters.connections_closed += 1
             self._broker.connections -= 1

@@ -290,3 +290,36 @@ async def test_a_topic_stalled_under_block_does_not_freeze_wildcard_subscribes_e
         assert {t.name for t in await broker.topics("s.")} == {"s.stuck", "s.fine"}
         assert trio.current_time() == started
         assert await broker.subscribers("s.fine") == []  # the refused wildcard was undone
+
+
+async def test_a_closed_connection_is_forgotten_even_when_its_unsubscribe_cannot_be_queued(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Teardown never waits on a topic: if its unsubscribe does not fit the full mailbox,
+    listings hide the closed subscriber at once and the topic forgets it on its idle tick."""
+    settings = Settings(topic_idle_seconds=60, topic_defaults=TopicSettings(mailbox_size=1))
+    render, _ = counting_render()
+    async with open_broker(settings) as broker:
+        gone, live = FakeConnection(1, 10, render), FakeConnection(2, 10, render)
+        await broker.subscribe(gone.subscriber, "t")
+        await broker.subscribe(live.subscriber, "t")
+        await broker.subscribe(gone.subscriber, "w.*")
+        resume = trio.Event()
+        await broker.pause_topic("t", resume)
+        await broker.publish("w.x", broker.payload(b"x", None))  # w.x gets the wildcard
+        await broker.pause_topic("t", resume)  # fills t's one-slot mailbox
+        gone.outbox.close()
+        started = trio.current_time()
+        await broker.disconnect(1, ["t", "w.*"])
+        assert trio.current_time() == started  # no wait for the paused topic
+        assert [s.connection_id for s in await broker.subscribers("t")] == [2]
+        resume.set()
+        await broker.flush()
+        gauges = await broker.gauges()
+        # The wildcard's topic took its unsubscribe; t (full at the time) still holds it.
+        assert (gauges.subscriptions, gauges.closed_subscriptions) == (1, 1)
+        assert await broker.subscribers("w.x") == []
+        await trio.sleep(61)  # t's idle tick
+        gauges = await broker.gauges()
+        assert (gauges.subscriptions, gauges.closed_subscriptions) == (1, 0)
+        assert {t.name for t in await broker.topics()} == {"t"}  # w.x retired, t kept
