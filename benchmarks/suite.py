@@ -1,0 +1,134 @@
+"""Running the suite against one or more targets: start (or reach) each target's server,
+run every chosen scenario `runs` times interleaved (run 1 of each, then run 2, ...: noise
+spreads evenly), collect the figures, stop the server, and list what went wrong."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .lean import Endpoint
+from .process import BROKER_ARGV, BrokerProcess, rss_bytes
+from .progress import ProgressReporter
+from .results import case_entry
+from .scenarios import SCENARIOS, ScenarioContext, Sizes
+from .scenarios.context import CAPABILITIES
+
+# Pause between scenarios so the server finishes tearing down the last one's connections.
+SETTLE_SECONDS = 0.5
+MB = 1024 * 1024
+
+
+def target_commands() -> dict[str, list[str]]:
+    """Server argv per target: `benchmarks.baselines.TARGETS` when present, else the
+    broker alone."""
+    try:
+        from .baselines import TARGETS  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return {"broker": list(BROKER_ARGV)}
+    return {name: list(argv) for name, argv in TARGETS.items()}
+
+
+@dataclass
+class SuiteOptions:
+    scenarios: list[str]
+    runs: int
+    sizes: Sizes
+    timeout: float
+    delivery_timeout: float
+    server_core: int | None
+    url: str | None = None
+    ws_url: str | None = None
+    server_pid: int | None = None
+
+
+async def run_scenarios(ctx: ScenarioContext, options: SuiteOptions
+                        ) -> dict[str, list[dict[str, Any]]]:
+    """Every scenario `runs` times; a scenario that raises is recorded as failed, and the
+    suite goes on with the next one."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for run in range(1, options.runs + 1):
+        for name in options.scenarios:
+            ctx.progress.note(f"-- {ctx.target}: {name} (run {run}/{options.runs})")
+            try:
+                cases = await SCENARIOS[name].run(ctx, run)
+            except Exception as exc:  # one scenario's crash must not lose the others
+                cases = {name: {"failures": 1, "errors": [f"scenario crashed: {exc!r}"]}}
+                ctx.progress.note(f"   {name} crashed: {exc!r}")
+            for case, figures in cases.items():
+                figures["run"] = run
+                results.setdefault(case, []).append(figures)
+            await trio.sleep(SETTLE_SECONDS)
+    return results
+
+
+def problems_of(cases: dict[str, list[dict[str, Any]]], server: dict[str, Any]) -> list[str]:
+    """Everything that should not happen: failures, losses, errors, an unclean exit."""
+    problems = []
+    for case, runs in cases.items():
+        for figures in runs:
+            where = f"{case} run {figures.get('run')}"
+            if figures.get("failures"):
+                problems.append(f"{where}: {figures['failures']} failures")
+            if figures.get("lost"):
+                problems.append(f"{where}: delivered {figures.get('delivered')}/"
+                                f"{figures.get('expected')}")
+            if figures.get("errors"):
+                problems.append(f"{where}: {figures['errors'][:3]}")
+    if server.get("hung_on_sigterm"):
+        problems.append("server did not exit within 15 s of SIGTERM (killed)")
+    elif server.get("exit_code") not in (0, None):
+        problems.append(f"server exit code {server['exit_code']} after SIGTERM")
+    if server.get("exited_early"):
+        problems.append("server exited before it was stopped")
+    if server.get("stderr_problem_count"):
+        problems.append(f"server stderr has {server['stderr_problem_count']} warning/error "
+                        f"lines ({server.get('stderr_log')}), e.g. "
+                        f"{server['stderr_problems'][:3]}")
+    return problems
+
+
+def run_target(target: str, argv: list[str] | None, options: SuiteOptions,
+               progress: ProgressReporter) -> dict[str, Any]:
+    """One target from start to stop: {"server": ..., "cases": ..., "problems": ...}."""
+    server: BrokerProcess | None = None
+    if options.url and options.ws_url:
+        http_url, ws_url, pid = options.url, options.ws_url, options.server_pid
+    else:
+        assert argv is not None
+        server = BrokerProcess(options.server_core, startup_timeout=30.0, argv=argv)
+        http_url, ws_url, pid = server.http_url, server.ws_url, server.pid
+        progress.note(f"{target} started in {server.startup_seconds:.2f}s: {http_url} "
+                      f"{ws_url} (pid {pid}, cores {server.affinity()})")
+    info: dict[str, Any] = {
+        "pid": pid, "http_url": http_url, "ws_url": ws_url, "external": server is None,
+        "argv": argv if server else None, "cores": server.affinity() if server else None,
+    }
+    ctx = ScenarioContext(
+        target=target, http=Endpoint.parse(http_url), ws=Endpoint.parse(ws_url),
+        server_pid=pid, sizes=options.sizes, progress=progress, timeout=options.timeout,
+        delivery_timeout=options.delivery_timeout,
+        capabilities=CAPABILITIES.get(target, frozenset()),
+    )
+    cases: dict[str, list[dict[str, Any]]] = {}
+    try:
+        cases = trio.run(run_scenarios, ctx, options)
+    finally:
+        rss = rss_bytes(pid)
+        info["rss_mb_at_end"] = None if rss is None else rss / MB
+        if server is not None:
+            info["shutdown"] = server.stop()
+    problems = problems_of(cases, info.get("shutdown", {}))
+    return {"server": info, "cases": {c: case_entry(r) for c, r in cases.items()},
+            "problems": problems}
+
+
+def pin_generator(core: int | None) -> None:
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+    print(f"load generator pid {os.getpid()} on cores {sorted(os.sched_getaffinity(0))}",
+          file=sys.stderr)
