@@ -15,6 +15,11 @@ send_all per subscriber.
 Message frames are queued as `Message` objects, not bytes, so a policy knows each item's
 topic and offset (drop-oldest reports gaps per topic); the frame is rendered once per
 message per wire format and cached on the message.
+
+Grace (`disconnect` policy): past `capacity`, `offer_in_grace` still queues, up to
+`GRACE_FACTOR` x capacity, for as long as the outbox has been over capacity for less than
+the topic's grace period; a writer taking a batch ends that period. So a subscriber that
+pauses briefly is kept, one that has stopped is closed, and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from trio.lowlevel import ParkingLot
 
 from .messages import Message
 from .metrics import BrokerCounters
+
+# How far past its capacity an outbox may grow during a slow consumer's grace period.
+GRACE_FACTOR = 2
 
 
 class Offer(enum.Enum):
@@ -59,6 +67,7 @@ class Outbox:
         "_counters",
         "_gaps",
         "_items",
+        "_over_since",
         "_render",
         "_room",
         "_write_now",
@@ -85,6 +94,8 @@ class Outbox:
         self._closed = False
         self._writing = False
         self._gaps: dict[str, Gap] = {}
+        # When the outbox went over capacity with no batch taken since (grace period).
+        self._over_since: float | None = None
         self._writer = ParkingLot()
         self._room = ParkingLot()
 
@@ -120,6 +131,22 @@ class Outbox:
         if len(items) >= self._capacity:
             return Offer.FULL
         items.append(message)
+        if self._writer:
+            self._writer.unpark()
+        return Offer.ACCEPTED
+
+    def offer_in_grace(self, message: Message, now: float, grace: float) -> Offer:
+        """After `offer` answered FULL, under `disconnect`: queue past capacity while the
+        grace period lasts (see the module docstring). FULL means evict now."""
+        if self._closed:
+            return Offer.CLOSED
+        if self._over_since is None:
+            self._over_since = now
+        elif now - self._over_since > grace:
+            return Offer.FULL
+        if len(self._items) >= self._capacity * GRACE_FACTOR:
+            return Offer.FULL
+        self._items.append(message)
         if self._writer:
             self._writer.unpark()
         return Offer.ACCEPTED
@@ -190,6 +217,7 @@ class Outbox:
                 raise trio.EndOfChannel
             await self._writer.park()
         self._writing = True
+        self._over_since = None  # the writer is moving: a new grace period if full again
         if len(items) <= max_items:
             batch = list(items)
             items.clear()

@@ -35,6 +35,9 @@ class TopicSettings:
     # Publishes queued for the topic actor; past it publishers wait up to publish_timeout.
     mailbox_size: int = 1024
     slow_consumer_policy: SlowConsumerPolicy = SlowConsumerPolicy.DISCONNECT
+    # `disconnect` only: seconds a subscriber's outbox may stay over `outbox_size` (its
+    # writer taking nothing) before 4008; meanwhile it holds up to 2 x outbox_size frames.
+    slow_consumer_grace: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +206,5 @@ def _check(settings: Settings) -> None:
     for topic in topics:
         if topic.mailbox_size < 1 or topic.history_messages < 0 or topic.history_bytes < 0:
             raise SettingsError("topic mailbox_size must be >= 1 and history limits >= 0")
+        if topic.slow_consumer_grace < 0:
+            raise SettingsError("topic slow_consumer_grace must be >= 0 seconds")

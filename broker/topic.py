@@ -231,6 +231,10 @@ class TopicActor:
                     forwarded += 1
                 elif policy is SlowConsumerPolicy.BLOCK:
                     blocked.append(subscriber)
+                elif subscriber.outbox.offer_in_grace(
+                    message, trio.current_time(), self.settings.slow_consumer_grace
+                ) is ACCEPTED:
+                    forwarded += 1
                 else:
                     self._evict(subscriber)
                     gone.append(subscriber_id)

@@ -105,6 +105,7 @@ def test_dashes_in_toml_keys_are_accepted(write_config: WriteConfig) -> None:
         "slow-consumer-policy = \"disconnect\"\n"
         '[topics."logs.>"]\n'
         "mailbox-size = 8\n"
+        "slow-consumer-grace = 0.25\n"
     )
     settings = load_settings(environ={}, config_path=path)
     assert settings.max_payload_bytes == 2048
@@ -112,6 +113,8 @@ def test_dashes_in_toml_keys_are_accepted(write_config: WriteConfig) -> None:
     assert settings.topic_defaults.history_messages == 5
     assert settings.topic_defaults.slow_consumer_policy is SlowConsumerPolicy.DISCONNECT
     assert settings.for_topic("logs.app").mailbox_size == 8
+    assert settings.for_topic("logs.app").slow_consumer_grace == 0.25
+    assert settings.topic_defaults.slow_consumer_grace == 2.0
 
 
 @pytest.mark.parametrize(
@@ -121,6 +124,7 @@ def test_dashes_in_toml_keys_are_accepted(write_config: WriteConfig) -> None:
         "[server]\nport = 1\n",
         "[topics.default]\nhistory_forever = 1\n",
         '[topics."a.>"]\nmailbox = 3\n',
+        "[topics.default]\nslow_consumer_grace = -1\n",
     ],
 )
 def test_unknown_toml_keys_raise_settings_error(write_config: WriteConfig, text: str) -> None:

@@ -88,10 +88,47 @@ async def test_a_full_outbox_evicts_only_that_subscriber() -> None:
             await broker.publish("t", broker.payload(b"x", None))
         await broker.flush()
         assert slow.evicted == [CloseReason.SLOW_CONSUMER]
-        assert len(await slow.drain()) == 2  # what fit before it was full: no reordering, no gap
+        # What fit before the grace limit (2 x capacity) ran out: no reordering, no gap.
+        assert len(await slow.drain()) == 4
         assert len(await fast.drain()) == 5
         assert [s.connection_id for s in await broker.subscribers("t")] == [2]
         assert broker.counters.slow_consumer_disconnects == 1
+
+
+async def test_disconnect_waits_out_the_grace_period_of_a_subscriber_that_pauses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over capacity, a subscriber is kept for `slow_consumer_grace` seconds; its writer
+    taking a batch starts a fresh grace period; one that takes nothing is closed."""
+    settings = Settings(
+        topic_idle_seconds=0, topic_defaults=TopicSettings(slow_consumer_grace=2.0)
+    )
+    render, _ = counting_render()
+    async with open_broker(settings) as broker:
+        pausing = FakeConnection(1, 2, render)  # each may hold 2 x 2 frames in grace
+        stopped = FakeConnection(2, 2, render)
+        await broker.subscribe(pausing.subscriber, "p")
+        await broker.subscribe(stopped.subscriber, "s")
+
+        async def publish(topic: str, count: int) -> None:
+            for _ in range(count):
+                await broker.publish(topic, broker.payload(b"x", None))
+            await broker.flush()
+
+        await publish("p", 3)  # both over capacity at t=0: grace begins
+        await publish("s", 3)
+        await trio.sleep(1.5)
+        received = await pausing.drain()  # the pausing one reads again...
+        await publish("p", 3)  # ...and is over capacity again at t=1.5: a fresh grace
+        await trio.sleep(1.0)
+        await publish("p", 1)  # t=2.5: 1 s into its grace, under 2 x capacity: kept
+        await publish("s", 1)  # t=2.5: the stopped one's grace is over: closed
+        assert pausing.evicted == []
+        assert stopped.evicted == [CloseReason.SLOW_CONSUMER]
+        received += await pausing.drain()
+        assert received == [f"frame-{n}".encode() for n in range(7)]
+        assert len(await stopped.drain()) == 3  # a gap-free prefix, then the close
+        assert await broker.subscribers("s") == []
 
 
 async def test_subscribing_from_an_offset_replays_history_then_continues_live() -> None:
