@@ -30,19 +30,11 @@ import json
 import math
 import os
 import platform
-import re
-import resource
-import selectors
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,174 +43,14 @@ import trio
 
 from .lean import Endpoint, HttpClient, ProtocolError, SubscriberGroup, WsSubscriber
 
-REPO = Path(__file__).resolve().parents[1]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-READY_LINE = re.compile(r"broker listening on (http://\S+) (ws://\S+)")
+# READY_LINE and REPO are re-exported: benchmarks.idle imports them from here.
+from .process import READY_LINE as READY_LINE
+from .process import REPO as REPO
+from .process import BrokerProcess, CpuMeter, git_commit, pick_cores
+
 SMALL_BODY = b'{"event":"bench","seq":1,"source":"benchmarks.quick","ok":true}'
 WARMUP_REQUESTS = 200
-# Lines of the broker's stderr worth reporting.
-PROBLEM_MARKERS = ("WARNING", "ERROR", "CRITICAL", "Traceback", "slow consumer")
 NET_ERRORS = (OSError, ProtocolError, ValueError, KeyError)
-
-
-# -- CPU accounting ----------------------------------------------------------------------
-
-
-def own_cpu_seconds() -> float:
-    """User + system CPU of this process (all threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def proc_cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU of process `pid` from /proc (all threads), or None if unknown."""
-    if pid is None:
-        return None
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()  # fields[0] is field 3 (state)
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime (14) + stime (15)
-
-
-class CpuMeter:
-    """Wall time and both processes' CPU seconds over a window."""
-
-    def __init__(self, broker_pid: int | None) -> None:
-        self.broker_pid = broker_pid
-        self._start: tuple[float, float, float | None] = (0.0, 0.0, None)
-
-    def start(self) -> None:
-        self._start = (time.perf_counter(), own_cpu_seconds(), proc_cpu_seconds(self.broker_pid))
-
-    def stop(self) -> dict[str, float | None]:
-        wall0, gen0, broker0 = self._start
-        wall = time.perf_counter() - wall0
-        gen = own_cpu_seconds() - gen0
-        broker1 = proc_cpu_seconds(self.broker_pid)
-        broker = None if broker0 is None or broker1 is None else broker1 - broker0
-        return {
-            "window_s": wall,
-            "gen_cpu_s": gen,
-            "gen_cpu_pct": 100.0 * gen / wall if wall > 0 else None,
-            "broker_cpu_s": broker,
-            "broker_cpu_pct": None if broker is None or wall <= 0 else 100.0 * broker / wall,
-        }
-
-
-# -- the broker subprocess ---------------------------------------------------------------
-
-
-class BrokerProcess:
-    """`python -m gateways serve --port 0 --ws-port 0`, optionally pinned to one core."""
-
-    def __init__(self, core: int | None, startup_timeout: float) -> None:
-        self.core = core
-        stderr_fd, self.stderr_path = tempfile.mkstemp(prefix="broker-", suffix=".log")
-        preexec: Callable[[], None] | None = None
-        if core is not None:
-            def preexec() -> None:
-                os.sched_setaffinity(0, {core})
-
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateways", "serve", "--port", "0", "--ws-port", "0"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr_fd,
-            preexec_fn=preexec,
-        )
-        os.close(stderr_fd)  # the child has its own copy
-        self.pid = self.proc.pid
-        self.stdout_rest = bytearray()
-        try:
-            line = self._read_ready_line(startup_timeout)
-        except BaseException:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        self.startup_seconds = time.perf_counter() - self.started
-        match = READY_LINE.search(line)
-        if match is None:
-            self.stop()
-            raise RuntimeError(f"unexpected first line from the broker: {line!r}")
-        self.http_url, self.ws_url = match.group(1), match.group(2)
-        # Keep draining stdout so the broker can never block on a full pipe.
-        self._drainer = threading.Thread(target=self._drain_stdout, daemon=True)
-        self._drainer.start()
-
-    def _read_ready_line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buf = bytearray()
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(
-                        f"broker printed no ready line within {timeout}s; "
-                        f"stderr: {self.stderr_text()[-2000:]}"
-                    )
-                if not selector.select(left):
-                    continue
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    raise RuntimeError(
-                        f"broker exited ({self.proc.wait()}) before listening; "
-                        f"stderr: {self.stderr_text()[-2000:]}"
-                    )
-                buf += chunk
-        line, _, rest = bytes(buf).partition(b"\n")
-        self.stdout_rest += rest
-        return line.decode(errors="replace")
-
-    def _drain_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := self.proc.stdout.read1(65536):
-            self.stdout_rest += chunk
-
-    def affinity(self) -> list[int] | None:
-        try:
-            return sorted(os.sched_getaffinity(self.pid))
-        except OSError:
-            return None
-
-    def stderr_text(self) -> str:
-        try:
-            return Path(self.stderr_path).read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15.0) -> dict[str, Any]:
-        """SIGTERM, wait for a clean exit; report exit code, time taken and stderr problems."""
-        report: dict[str, Any] = {"pid": self.pid}
-        if self.proc.poll() is not None:
-            report["exited_early"] = True
-        else:
-            self.proc.send_signal(signal.SIGTERM)
-        started = time.perf_counter()
-        try:
-            report["exit_code"] = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            report["exit_code"] = None
-            report["hung_on_sigterm"] = True
-            self.proc.kill()
-            self.proc.wait()
-        report["stop_seconds"] = round(time.perf_counter() - started, 3)
-        lines = self.stderr_text().splitlines()
-        problems = [line for line in lines if any(m in line for m in PROBLEM_MARKERS)]
-        report["stderr_lines"] = len(lines)
-        report["stderr_problems"] = problems[:30]
-        report["stderr_problem_count"] = len(problems)
-        if problems or report.get("exit_code") != 0:
-            report["stderr_log"] = self.stderr_path  # kept for a look
-        else:
-            Path(self.stderr_path).unlink(missing_ok=True)
-        return report
 
 
 # -- scenarios ---------------------------------------------------------------------------
@@ -629,17 +461,6 @@ def problems_of(results: dict[str, list[dict[str, Any]]], broker: dict[str, Any]
     return problems
 
 
-def git_commit() -> tuple[str | None, bool | None]:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=5, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
-                                capture_output=True, text=True, timeout=5, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return head, bool(status.strip())
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quick", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -669,15 +490,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
-
-
-def pick_cores(pin: bool) -> tuple[list[int], int | None, int | None]:
-    """(cores available, the broker's core, the load generator's core): the first and the
-    last core when pinning is wanted and there are two or more, else no pinning."""
-    available = sorted(os.sched_getaffinity(0))
-    if pin and len(available) >= 2:
-        return available, available[0], available[-1]
-    return available, None, None
 
 
 def main(argv: list[str] | None = None) -> int:

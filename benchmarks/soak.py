@@ -82,8 +82,7 @@ from .lean import (
     open_socket,
     send_all,
 )
-from .quick import (
-    NET_ERRORS,
+from .process import (
     PROBLEM_MARKERS,
     BrokerProcess,
     CpuMeter,
@@ -92,6 +91,7 @@ from .quick import (
     pick_cores,
     proc_cpu_seconds,
 )
+from .quick import NET_ERRORS
 
 FAMILIES = {"disconnect": "disconnect", "drop": "drop-oldest", "block": "block"}
 CONFIG_TOML = """\

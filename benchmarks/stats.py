@@ -76,7 +76,7 @@ def direction(figure: str) -> Direction | None:
         return "higher"
     if "cpu" in name:
         return None
-    if name.endswith(("_ms", "degradation_pct", "rss_mb")) or name in (
+    if name.endswith(("_ms", "degradation_pct", "rss_mb", "per_connection_kib")) or name in (
             "failures", "lost", "errors_count"):
         return "lower"
     return None

@@ -106,6 +106,7 @@ class MixedRun:
         self.stats = {name: OperationStats() for name in OPERATIONS.values()}
         self.multicasts: list[tuple[int, int, list[Registered]]] = []  # group, offset, targets
         self.skipped = 0
+        self.launched = dict.fromkeys(OPERATIONS.values(), 0)
 
     async def http(self, method: bytes, path: str, body: bytes = b"") -> tuple[int, bytes]:
         client = self.idle_clients.pop() if self.idle_clients else HttpClient(
@@ -175,7 +176,9 @@ class MixedRun:
             if name == "enumerate" and not self.ctx.can("listing"):
                 self.skipped += 1
                 return
-            nursery.start_soon(self.timed, name, lambda: getattr(self, name)(index))
+            ordinal = self.launched[name]  # per operation, so every group gets each kind
+            self.launched[name] += 1
+            nursery.start_soon(self.timed, name, lambda: getattr(self, name)(ordinal))
         return start
 
     async def report_progress(self, started: float) -> None:
