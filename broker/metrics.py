@@ -57,6 +57,7 @@ class Gauges:
     topic_mailbox_depth_max: int = 0
     retained_messages: int = 0
     retained_bytes: int = 0
+    outbox_depth_max: int = 0
     tasks: int = 0
 
 
@@ -105,6 +106,8 @@ class BrokerCollector(Collector):
             ("broker_topic_mailbox_depth_max", g.topic_mailbox_depth_max,
              "Deepest single topic mailbox."),
             ("broker_retained_messages", g.retained_messages, "Messages retained in history."),
+            ("broker_outbox_depth_max", g.outbox_depth_max,
+             "Most frames queued for one subscriber (bounded by outbox_size, 2x in grace)."),
             ("broker_retained_bytes", g.retained_bytes, "Payload bytes retained in history."),
             ("broker_tasks", g.tasks, "trio tasks alive in the process (leak detector)."),
         ):

@@ -396,6 +396,7 @@ class Broker:
             topic_mailbox_depth_max=max((s.mailbox_depth for s in stats), default=0),
             retained_messages=sum(s.retained_messages for s in stats),
             retained_bytes=sum(s.retained_bytes for s in stats),
+            outbox_depth_max=max((s.deepest_outbox for s in stats), default=0),
             tasks=_task_count(),
         )
 

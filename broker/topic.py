@@ -67,6 +67,7 @@ class TopicStatistics:
     retained_bytes: int
     mailbox_depth: int
     mailbox_capacity: int
+    deepest_outbox: int  # most items queued for one of its live subscribers
 
 
 class _Subscription:
@@ -368,7 +369,13 @@ class TopicActor:
 
     def statistics(self) -> TopicStatistics:
         mailbox = self._mailbox.statistics()
-        closed = sum(1 for s in self._subscriptions.values() if s.subscriber.outbox.closed)
+        closed, deepest = 0, 0
+        for subscription in self._subscriptions.values():
+            outbox = subscription.subscriber.outbox
+            if outbox.closed:
+                closed += 1
+            elif len(outbox) > deepest:
+                deepest = len(outbox)
         return TopicStatistics(
             name=self.name,
             subscribers=len(self._subscriptions) - closed,
@@ -379,4 +386,5 @@ class TopicActor:
             retained_bytes=self._history.retained_bytes,
             mailbox_depth=mailbox.depth,
             mailbox_capacity=mailbox.capacity,
+            deepest_outbox=deepest,
         )

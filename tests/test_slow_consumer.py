@@ -36,6 +36,7 @@ async def test_a_stalled_subscriber_is_closed_with_4008_and_others_get_everythin
         await request(healthy, op="ping", id=0)
         assert len(await broker.subscribers("feed")) == 2
 
+        bounds = Bounds()
         # The publisher keeps pace with the healthy reader (that is what healthy means:
         # it keeps up with the publish rate); the stalled one falls further behind.
         offsets: list[int] = []
@@ -45,10 +46,13 @@ async def test_a_stalled_subscriber_is_closed_with_4008_and_others_get_everythin
                 response = await http.post("/v1/publish", json={"messages": batch})
                 assert response.status_code == 202
                 assert response.json()["results"][0]["offset"] == start
+                await bounds.sample(broker)
                 offsets.extend([(await receive(healthy))["offset"] for _ in range(BATCH)])
 
         # (a) the healthy subscriber got every message, in order, no gaps
         assert offsets == list(range(MESSAGES))
+        # (b) memory: the stalled one's outbox grew into its grace and no further
+        assert OUTBOX < bounds.outbox <= 2 * OUTBOX
 
     # (c) the stalled one was closed by the policy, exactly once, and forgotten by the topic
     await wait_until(lambda: _evicted(broker))
@@ -63,6 +67,20 @@ async def test_a_stalled_subscriber_is_closed_with_4008_and_others_get_everythin
     assert got == list(range(len(got)))
     assert len(got) < MESSAGES
     await stalled.aclose()
+
+
+class Bounds:
+    """The deepest subscriber outbox and topic mailbox seen: memory is bounded by the
+    configured sizes (messages are shared, so queued items are what grows)."""
+
+    def __init__(self) -> None:
+        self.outbox = 0
+        self.mailbox = 0
+
+    async def sample(self, broker, topic: str = "feed") -> None:  # type: ignore[no-untyped-def]
+        stats = await broker.topic(topic)
+        self.outbox = max(self.outbox, stats.deepest_outbox)
+        self.mailbox = max(self.mailbox, stats.mailbox_depth)
 
 
 async def _evicted(broker) -> bool:  # type: ignore[no-untyped-def]
@@ -80,6 +98,7 @@ async def test_drop_oldest_keeps_a_stalled_subscriber_and_accounts_for_every_mes
     stalled = await RawWebSocket.connect(
         running.addresses.ws_port, "/v1/ws?topic=feed", receive_buffer=4096
     )
+    bounds = Bounds()
     async with websocket(running, "topic=feed") as healthy:
         await request(healthy, op="ping", id=0)
         async with httpx.AsyncClient(base_url=running.http_url, timeout=10) as http:
@@ -87,8 +106,11 @@ async def test_drop_oldest_keeps_a_stalled_subscriber_and_accounts_for_every_mes
                 batch = [{"topic": "feed", "data": PAYLOAD} for _ in range(BATCH)]
                 response = await http.post("/v1/publish", json={"messages": batch})
                 assert response.status_code == 202
+                await bounds.sample(broker)
                 got = [(await receive(healthy))["offset"] for _ in range(BATCH)]
                 assert got == list(range(start, start + BATCH))
+    # Memory: the stalled outbox filled to its capacity and stayed there (drops make room).
+    assert bounds.outbox == OUTBOX
     assert broker.counters.dropped > 0
     assert broker.counters.slow_consumer_disconnects == 0
     # The stalled one was kept; reading now, every offset is either received or inside a
@@ -126,13 +148,17 @@ async def test_block_loses_nothing_and_refuses_publishers_while_a_subscriber_sta
     async with websocket(running, "topic=feed") as healthy, \
             httpx.AsyncClient(base_url=running.http_url, timeout=10) as http:
         await request(healthy, op="ping", id=0)
-        refused = None
+        refused, bounds = None, Bounds()
         for _ in range(MESSAGES):
             response = await http.post("/v1/topics/feed", json=PAYLOAD)
+            await bounds.sample(running.broker)
             if response.status_code != 202:
                 refused = response
                 break
             accepted.append(response.json()["offset"])
+        # Memory: the outbox filled to capacity, the topic's mailbox to its size, no more.
+        assert bounds.outbox == OUTBOX
+        assert 0 < bounds.mailbox <= 4
         # Backpressure reached the publisher as the contract's 503, with a retry hint.
         assert refused is not None and refused.status_code == 503
         assert refused.json()["error"]["code"] == "topic_busy"
