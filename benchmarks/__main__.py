@@ -2,7 +2,8 @@
 
     python -m benchmarks [SCENARIO ...] [--quick] [--runs N] [--target broker|fastapi|both]
                          [--url URL --ws-url WSURL [--server-pid PID]] [--out DIR]
-                         [--compare OLD.json [--fail-on-regression]] [--max-level NAME]
+                         [--compare OLD.json [--against NEW.json] [--fail-on-regression]]
+                         [--max-level NAME]
 
 Without `--url`, each target's server is started here (`benchmarks.baselines.TARGETS`, or
 the broker's `serve`), pinned to the first core while this load generator keeps to the last;
@@ -10,6 +11,7 @@ both processes' CPU is reported per case. Writes `<out>/<timestamp>.json` (every
 figures and their medians), `<timestamp>.md` (the tables) and `<timestamp>-*.png` (plots).
 Exit status 1 if the broker lost a message or a request failed (or, with
 `--fail-on-regression`, if a figure is more than 10% worse than in OLD.json), else 0.
+`--compare OLD.json --against NEW.json` compares two result files and runs nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from . import compare, report, results
 from .process import pick_cores, raise_open_files_limit
@@ -52,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="directory for the result files (default benchmarks/results)")
     parser.add_argument("--compare", type=Path, metavar="OLD.json",
                         help="print new/old for every figure of an earlier result file")
+    parser.add_argument("--against", type=Path, metavar="NEW.json",
+                        help="with --compare: compare this earlier result file instead of "
+                             "running anything")
     parser.add_argument("--fail-on-regression", action="store_true",
                         help="with --compare: exit 1 if a figure is >10%% worse")
     parser.add_argument("--timeout", type=float, default=30.0,
@@ -69,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--url names one running server: --target broker or fastapi")
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.against and not args.compare:
+        parser.error("--against needs --compare")
     if args.fail_on_regression and not args.compare:
         parser.error("--fail-on-regression needs --compare")
     return args
@@ -88,6 +96,8 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     old = results.load(args.compare) if args.compare else None  # fail early on a bad file
+    if old is not None and args.against:
+        return report_changes(old, results.load(args.against), args)
     runs = args.runs or (1 if args.quick else 3)
     names = args.scenarios or [s.name for s in SCENARIOS.values()
                                if s.in_quick or not args.quick]
@@ -126,11 +136,15 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(str(p) for p in pngs))
     code = 1 if targets.get("broker", {}).get("problems") else 0
     if old is not None:
-        changes = compare.compare(old, doc)
-        print(f"\ncompared with {args.compare}:\n{compare.render(changes)}")
-        if args.fail_on_regression and any(c.regression for c in changes):
-            code = 1
+        code = max(code, report_changes(old, doc, args))
     return code
+
+
+def report_changes(old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print new/old for every shared figure; 1 only if regressions should fail the run."""
+    changes = compare.compare(old, new)
+    print(f"\ncompared with {args.compare}:\n{compare.render(changes)}")
+    return 1 if args.fail_on_regression and any(c.regression for c in changes) else 0
 
 
 if __name__ == "__main__":
