@@ -39,10 +39,7 @@ import re
 import resource
 import select
 import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,7 +52,8 @@ from gateways.wsframe import client_frame
 
 from .baselines import TARGETS
 from .lean import Endpoint, HttpClient, ProtocolError, close_socket, open_socket, send_all
-from .quick import READY_LINE, REPO, BrokerProcess, CpuMeter, percentile, pick_cores
+from .process import BrokerProcess, CpuMeter, pick_cores
+from .stats import percentile
 
 # Files a run needs besides the connections: the publisher's socket, the epoll fd, pipes,
 # stdio, the server's listeners and log files.
@@ -476,41 +474,6 @@ async def run_idle(
 # -- command line ------------------------------------------------------------------------
 
 
-class TargetProcess(BrokerProcess):
-    """A `TARGETS` entry started like `BrokerProcess` starts the broker (ready line, stderr
-    log, SIGTERM stop): only the command differs."""
-
-    def __init__(self, argv: list[str], core: int | None, startup_timeout: float) -> None:
-        self.core = core
-        stderr_fd, self.stderr_path = tempfile.mkstemp(prefix="idle-target-", suffix=".log")
-
-        def pin() -> None:
-            if core is not None:
-                os.sched_setaffinity(0, {core})
-
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv], cwd=REPO, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=stderr_fd, preexec_fn=pin,
-        )
-        os.close(stderr_fd)
-        self.pid = self.proc.pid
-        self.stdout_rest = bytearray()
-        try:
-            line = self._read_ready_line(startup_timeout)
-            match = READY_LINE.search(line)
-            if match is None:
-                raise RuntimeError(f"unexpected first line from the server: {line!r}")
-        except BaseException:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        self.startup_seconds = time.perf_counter() - self.started
-        self.http_url, self.ws_url = match.group(1), match.group(2)
-        self._drainer = threading.Thread(target=self._drain_stdout, daemon=True)
-        self._drainer.start()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.idle", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -571,11 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.idle: {exc}", file=sys.stderr)
         return 2
     _, server_core, gen_core = pick_cores(not args.no_pin)
-    server: TargetProcess | None = None
+    server: BrokerProcess | None = None
     if args.url:
         name, http_url, ws_url, pid = "external", args.url, args.ws_url, args.server_pid
     else:
-        server = TargetProcess(TARGETS[args.target], server_core, startup_timeout=30.0)
+        server = BrokerProcess(server_core, startup_timeout=30.0, argv=TARGETS[args.target])
         name, http_url, ws_url, pid = args.target, server.http_url, server.ws_url, server.pid
         print(f"{name} started (pid {pid}, cores {server.affinity()}): {http_url} {ws_url}",
               file=sys.stderr)
