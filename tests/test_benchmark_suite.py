@@ -25,7 +25,7 @@ from benchmarks.stats import direction, is_regression, latency_summary, median_o
 REPO = Path(__file__).resolve().parents[1]
 # Every case a --quick run of the whole suite reports (idle is not part of --quick).
 QUICK_CASES = {
-    "single", "bulk", "concurrent", "connect-50", "connect-200", "e2e", "broadcast",
+    "single", "bulk", "concurrent", "connect-50", "connect-200", "e2e", "e2e-lean", "broadcast",
     "fanout", "fanout-single", "sustained", "levels.minimal", "levels.light", "levels.low",
     "levels.medium", "levels.summary", "mixed", "mixed.register", "mixed.enumerate",
     "mixed.multicast",

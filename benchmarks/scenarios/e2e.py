@@ -1,14 +1,19 @@
 """`e2e`: publish-to-receive latency with 20 subscribers at a light, fixed publish rate.
 
-Each payload carries `time.monotonic()` taken just before its publish request is written;
-each subscriber decodes every frame it receives and takes `time.monotonic()` right after
-reading it. CLOCK_MONOTONIC is system-wide on Linux, so the figures hold even across
-processes. Subscribers are lean readers that parse each payload in full (the public client
-costs more per frame, which would show up as latency here)."""
+Each payload carries `time.monotonic()` taken just before its publish request is written
+(lean keep-alive publisher, sequential, against absolute deadlines); each subscriber decodes
+every message and takes `time.monotonic()` when it reads it. CLOCK_MONOTONIC is
+system-wide on Linux, so the figures hold across processes too. Two cases:
+
+- `e2e`: subscribers are the public client (`gateways.client`, what users run; its
+  `Message.received` is the receive time), one task each;
+- `e2e-lean`: lean readers that parse every payload in full: the broker's share alone."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -75,69 +80,158 @@ async def read_latencies(sub: WsSubscriber, expected: int, latencies: list[float
         buf += chunk
 
 
-async def run_e2e(ctx: ScenarioContext, run: int) -> dict[str, dict[str, Any]]:
-    subscribers, messages = ctx.sizes.e2e_subscribers, ctx.sizes.e2e_messages
-    topic = ctx.topic("e2e", run)
-    ctx.progress.begin(f"e2e {subscribers} subscribers x {messages} at "
-                       f"{ctx.sizes.e2e_rate:.0f}/s", messages)
-    group = await connect_group(ctx, [ctx.ws_path(topic) for _ in range(subscribers)])
-    errors = list(group.errors)
+@dataclass
+class LatencyRecord:
+    """What the subscribers of one e2e case saw, and what the publisher achieved."""
+
+    subscribers: int
+    latencies: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    accepted: int = 0
+    failures: int = 0
+
+
+async def publish_at_rate(ctx: ScenarioContext, topic: str, record: LatencyRecord) -> None:
+    """`e2e_messages` single publishes at `e2e_rate`, each stamped just before it is sent."""
     client = HttpClient(ctx.http.host, ctx.http.port)
     path = f"/v1/topics/{topic}".encode()
-    latencies: list[float] = []
-    counts = [0] * len(group.ready)
-    accepted = failures = 0
 
     async def publish(seq: int) -> None:
-        nonlocal accepted, failures
         body = orjson.dumps({"seq": seq, "sent": time.monotonic()})
         try:
             status, answer = await client.request(b"POST", path, body)
         except NET_ERRORS as exc:
-            failures += 1
-            note(errors, f"publish: {exc!r}")
+            record.failures += 1
+            note(record.errors, f"publish: {exc!r}")
             return
         if status == 202:
-            accepted += 1
+            record.accepted += 1
         else:
-            failures += 1
-            note(errors, f"publish {status}: {answer[:200]!r}")
+            record.failures += 1
+            note(record.errors, f"publish {status}: {answer[:200]!r}")
         ctx.progress.advance()
 
-    meter = ctx.meter()
+    messages, per_second = ctx.sizes.e2e_messages, ctx.sizes.e2e_rate
     try:
         await client.connect()
-        meter.start()
-        async with trio.open_nursery() as nursery:
-            readers = trio.CancelScope()
-
-            async def read_all() -> None:
-                with readers:
-                    async with trio.open_nursery() as inner:
-                        for i, sub in enumerate(group.ready):
-                            inner.start_soon(read_latencies, sub, messages, latencies, counts,
-                                             i, errors)
-
-            nursery.start_soon(read_all)
-            schedule = RateSchedule(ctx.sizes.e2e_rate, messages / ctx.sizes.e2e_rate,
-                                    trio.current_time())
-            with trio.move_on_after(ctx.timeout):
-                await run_at_rate(schedule, publish)  # sequential: one keep-alive connection
-            readers.deadline = trio.current_time() + ctx.delivery_timeout
+        schedule = RateSchedule(per_second, messages / per_second, trio.current_time())
+        with trio.move_on_after(ctx.timeout):
+            await run_at_rate(schedule, publish)  # sequential: one keep-alive connection
     except NET_ERRORS as exc:
-        note(errors, f"publisher: {exc!r}")
-    cpu = meter.stop()
-    client.close()
-    await close_group(group.subscribers)
-    delivered = sum(counts)
-    figures = {
+        note(record.errors, f"publisher: {exc!r}")
+    finally:
+        client.close()
+
+
+def e2e_figures(record: LatencyRecord, cpu: dict[str, Any], connect_failures: int,
+                messages: int) -> dict[str, Any]:
+    delivered = sum(record.counts)
+    return {
         "requests": messages,
-        "failures": failures + group.failures + (messages - accepted - failures),
-        **latency_summary(latencies),
+        "failures": record.failures + connect_failures
+        + (messages - record.accepted - record.failures),
+        **latency_summary(record.latencies),
         "rate_per_s": rate(delivered, cpu["window_s"]),
-        **delivery_figures(delivered, subscribers * messages),
+        **delivery_figures(delivered, record.subscribers * messages),
         **cpu,
-        "errors": errors,
+        "errors": record.errors,
     }
+
+
+async def run_lean(ctx: ScenarioContext, run: int) -> dict[str, Any]:
+    subscribers, messages = ctx.sizes.e2e_subscribers, ctx.sizes.e2e_messages
+    topic = ctx.topic("e2e-lean", run)
+    ctx.progress.begin(f"e2e-lean {subscribers} subscribers x {messages} at "
+                       f"{ctx.sizes.e2e_rate:.0f}/s", messages)
+    group = await connect_group(ctx, [ctx.ws_path(topic) for _ in range(subscribers)])
+    record = LatencyRecord(subscribers, counts=[0] * len(group.ready), errors=group.errors)
+    meter = ctx.meter()
+    meter.start()
+    async with trio.open_nursery() as nursery:
+        readers = trio.CancelScope()
+
+        async def read_all() -> None:
+            with readers:
+                async with trio.open_nursery() as inner:
+                    for i, sub in enumerate(group.ready):
+                        inner.start_soon(read_latencies, sub, messages, record.latencies,
+                                         record.counts, i, record.errors)
+
+        nursery.start_soon(read_all)
+        await publish_at_rate(ctx, topic, record)
+        readers.deadline = trio.current_time() + ctx.delivery_timeout
+    cpu = meter.stop()
+    await close_group(group.subscribers)
+    figures = e2e_figures(record, cpu, group.failures, messages)
     ctx.progress.end(f"p50 {figures['p50_ms'] or 0:.2f} ms")
-    return {"e2e": figures}
+    return figures
+
+
+async def run_client(ctx: ScenarioContext, run: int) -> dict[str, Any]:
+    from gateways.client import ClientError, Message, open_client
+
+    subscribers, messages = ctx.sizes.e2e_subscribers, ctx.sizes.e2e_messages
+    topic = ctx.topic("e2e", run)
+    ctx.progress.begin(f"e2e {subscribers} gateways.client subscribers x {messages} at "
+                       f"{ctx.sizes.e2e_rate:.0f}/s", messages)
+    record = LatencyRecord(subscribers, counts=[0] * subscribers)
+    ws_url = f"ws://{ctx.ws.host}:{ctx.ws.port}{ctx.ws.path}"
+    connect_failures = 0
+
+    async def subscriber(index: int, *, task_status: trio.TaskStatus[None]) -> None:
+        nonlocal connect_failures
+        started = False
+        try:
+            async with open_client(ctx.http_url, ws_url, timeout=ctx.timeout) as client, \
+                    client.subscribe(topic, name=f"e2e-{index}") as subscription:
+                task_status.started()
+                started = True
+                async for item in subscription:
+                    if isinstance(item, Message):
+                        record.latencies.append(item.received - item.data["sent"])
+                        record.counts[index] += 1
+                        if record.counts[index] >= messages:
+                            return
+        except (ClientError, *NET_ERRORS) as exc:
+            note(record.errors, f"subscriber {index}: {exc!r}")
+            if not started:
+                connect_failures += 1
+                task_status.started()
+
+    meter = ctx.meter()
+    async with trio.open_nursery() as nursery:
+        readers = trio.CancelScope()
+
+        async def read_all() -> None:
+            with readers:
+                async with trio.open_nursery() as inner:
+                    with trio.move_on_after(ctx.timeout):
+                        for index in range(subscribers):
+                            await inner.start(subscriber, index)
+                    inner_ready.set()
+
+        inner_ready = trio.Event()
+        nursery.start_soon(read_all)
+        await inner_ready.wait()
+        meter.start()
+        await publish_at_rate(ctx, topic, record)
+        readers.deadline = trio.current_time() + ctx.delivery_timeout
+    cpu = meter.stop()
+    figures = e2e_figures(record, cpu, connect_failures, messages)
+    ctx.progress.end(f"p50 {figures['p50_ms'] or 0:.2f} ms")
+    return figures
+
+
+def client_available() -> bool:
+    return importlib.util.find_spec("gateways.client") is not None
+
+
+async def run_e2e(ctx: ScenarioContext, run: int) -> dict[str, dict[str, Any]]:
+    cases = {}
+    if client_available():
+        cases["e2e"] = await run_client(ctx, run)
+    else:
+        ctx.progress.note("e2e: gateways.client is not there; lean subscribers only")
+    cases["e2e-lean"] = await run_lean(ctx, run)
+    return cases
