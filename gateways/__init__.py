@@ -1,5 +1,15 @@
-"""The I/O edges: HTTP and WebSocket gateways, serving, and the command line."""
+"""The I/O edges: HTTP and WebSocket gateways, serving, the public client, the command line."""
 
+from .client import Client, ClientError, Gap, Message, Subscription, open_client
 from .serve import Addresses, serve
 
-__all__ = ["Addresses", "serve"]
+__all__ = [
+    "Addresses",
+    "Client",
+    "ClientError",
+    "Gap",
+    "Message",
+    "Subscription",
+    "open_client",
+    "serve",
+]

@@ -1,17 +1,37 @@
-"""`broker serve`: the command line, on top of `serve` and `load_settings`."""
+"""`broker serve|pub|sub|bench`: the command line.
+
+`serve` runs the broker (on top of `serve` and `load_settings`); `pub` and `sub` are thin
+commands over the public client (`gateways.client`); `bench` hands over to the benchmark
+suite, imported only then. Exit codes: 0 done, 1 the broker failed us (unreachable,
+refused, closed), 2 bad usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+import cbor2
+import orjson
 import trio
 
 from broker import BrokerError, Settings, load_settings
 
+from .client import (
+    DEFAULT_HTTP_URL,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WS_URL,
+    ClientError,
+    Gap,
+    Message,
+    open_client,
+)
 from .serve import serve
 
 log = logging.getLogger("broker.cli")
@@ -28,7 +48,155 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML configuration file")
     run.add_argument("--log-level", dest="log_level",
                      choices=["debug", "info", "warning", "error"], help="default info")
+    _add_pubsub_commands(commands)
+    commands.add_parser(
+        "bench", add_help=False,
+        help="run the benchmark suite (`broker bench --help` for its options)",
+    )
     return parser
+
+
+def _add_pubsub_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pub = commands.add_parser("pub", help="publish a message (prints its offset)")
+    pub.add_argument("topic")
+    pub.add_argument("data", help="a JSON value; anything that does not parse is sent as a "
+                     "JSON string")
+    pub.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_HTTP_URL),
+                     help=f"HTTP gateway (default $BROKER_URL or {DEFAULT_HTTP_URL})")
+    pub.add_argument("--cbor", action="store_true", help="send the value as CBOR")
+    pub.add_argument("--count", type=_positive, default=1,
+                     help="publish it this many times (one line per offset)")
+    pub.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                     help=f"seconds per request (default {DEFAULT_TIMEOUT:g})")
+
+    sub = commands.add_parser(
+        "sub", help="print messages as JSON lines: {topic, offset, data}; gaps as "
+        "{gap: {topic, skipped, from, to}}",
+    )
+    sub.add_argument("topics", nargs="+", metavar="TOPIC", help="topics or patterns (*, >)")
+    sub.add_argument("--ws-url", dest="ws_url",
+                     default=os.environ.get("BROKER_WS_URL", DEFAULT_WS_URL),
+                     help=f"WebSocket endpoint (default $BROKER_WS_URL or {DEFAULT_WS_URL})")
+    sub.add_argument("--from", dest="start", type=_start, default=None,
+                     help="earliest, latest (default) or an offset")
+    sub.add_argument("--count", type=_positive, default=None,
+                     help="exit 0 after this many messages")
+    sub.add_argument("--cbor", action="store_true", help="use the broker.v1.cbor subprotocol")
+    sub.add_argument("--name", help="client name shown in presence listings")
+    sub.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                     help=f"seconds to connect and subscribe (default {DEFAULT_TIMEOUT:g})")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _start(text: str) -> str | int:
+    if text in ("earliest", "latest"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("earliest, latest or an offset") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("an offset is 0 or more")
+    return value
+
+
+def parse_data(text: str) -> Any:
+    """DATA as given on the command line: its JSON value if it parses, else the string."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what CBOR can carry and JSON cannot (byte strings as in API.md, tags)."""
+    if isinstance(value, bytes | bytearray):
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, cbor2.CBORTag):
+        return {"tag": value.tag, "value": value.value}
+    return repr(value)
+
+
+def item_line(item: Message | Gap) -> bytes:
+    """One output line of `broker sub` (with its newline)."""
+    if isinstance(item, Message):
+        document: dict[str, Any] = {"topic": item.topic, "offset": item.offset, "data": item.data}
+    else:
+        document = {"gap": {"topic": item.topic, "skipped": item.skipped, "from": item.first,
+                            "to": item.last}}
+    return orjson.dumps(document, default=_json_default, option=orjson.OPT_APPEND_NEWLINE
+                        | orjson.OPT_NON_STR_KEYS)
+
+
+def _fail(command: str, error: ClientError) -> int:
+    status = f" ({error.status})" if error.status is not None else ""
+    print(f"broker {command}: {error.code}{status}: {error.message}", file=sys.stderr)
+    return 1
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    data = parse_data(args.data)
+    async with open_client(http_url=args.url, timeout=args.timeout) as client:
+        for _ in range(args.count):
+            offset = await client.publish(args.topic, data, cbor=args.cbor)
+            print(offset, flush=True)
+    return 0
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    received = 0
+    async with open_client(ws_url=args.ws_url, timeout=args.timeout) as client, \
+            client.subscribe(*args.topics, from_=args.start, name=args.name,
+                             format="cbor" if args.cbor else "json") as subscription:
+        for topic, ok in subscription.subscribed.items():
+            print(f"broker sub: subscribed to {topic} (next offset {ok.get('next_offset')})",
+                  file=sys.stderr, flush=True)
+        async for item in subscription:
+            out.write(item_line(item))
+            out.flush()
+            if isinstance(item, Message):
+                received += 1
+                if args.count is not None and received >= args.count:
+                    return 0
+    print("broker sub: the broker closed the connection", file=sys.stderr)
+    return 1
+
+
+def _run_client_command(command: str, run: Any, args: argparse.Namespace) -> int:
+    """Run `pub`/`sub`: ClientError -> exit 1 with its message; Ctrl-C and a closed
+    stdout (`| head`) -> exit 0."""
+    try:
+        return trio.run(run, args)
+    except ClientError as exc:
+        return _fail(command, exc)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # Whoever read our output has gone: stop quietly, and keep Python's own flush at
+        # exit from complaining about the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """Hand over to the benchmark suite (`benchmarks/__main__.py`), imported only now."""
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError as exc:
+        print(
+            f"broker bench: the benchmark suite is not available ({exc}); "
+            "install the project with its `bench` extra from a source checkout",
+            file=sys.stderr,
+        )
+        return 2
+    return bench_main(argv)
 
 
 async def _serve_until_signalled(settings: Settings) -> int:
@@ -61,7 +229,14 @@ async def _serve_until_signalled(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:  # everything after it is the suite's own
+        return _bench(arguments[1:])
+    args = _parser().parse_args(arguments)
+    if args.command == "pub":
+        return _run_client_command("pub", _publish, args)
+    if args.command == "sub":
+        return _run_client_command("sub", _subscribe, args)
     if args.command == "serve":
         flags = {
             "host": args.host, "port": args.port, "ws_port": args.ws_port,
