@@ -58,9 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_pubsub_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pub = commands.add_parser("pub", help="publish a message (prints its offset)")
-    pub.add_argument("topic")
-    pub.add_argument("data", help="a JSON value; anything that does not parse is sent as a "
-                     "JSON string")
+    pub.add_argument("topic", metavar="TOPIC")
+    pub.add_argument("data", metavar="DATA",
+                     help="a JSON value; anything that does not parse goes as a JSON string")
     pub.add_argument("--url", default=os.environ.get("BROKER_URL", DEFAULT_HTTP_URL),
                      help=f"HTTP gateway (default $BROKER_URL or {DEFAULT_HTTP_URL})")
     pub.add_argument("--cbor", action="store_true", help="send the value as CBOR")
@@ -141,6 +141,7 @@ def _fail(command: str, error: ClientError) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
+    """`broker pub`: DATA `--count` times on one keep-alive connection, one offset a line."""
     data = parse_data(args.data)
     async with open_client(http_url=args.url, timeout=args.timeout) as client:
         for _ in range(args.count):
@@ -150,6 +151,8 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _subscribe(args: argparse.Namespace) -> int:
+    """`broker sub`: a JSON line per item, flushed at once (`| jq` and `| head` see each);
+    `subscribed to ...` on stderr once every subscription is in effect."""
     out = sys.stdout.buffer
     received = 0
     async with open_client(ws_url=args.ws_url, timeout=args.timeout) as client, \
