@@ -285,11 +285,6 @@ class HttpConnection:
     def statistics(self) -> HttpStatistics:
         return HttpStatistics(self._connections_opened, self._reconnects, self._requests)
 
-    @property
-    def socket(self) -> trio.socket.SocketType | None:
-        """The current connection's socket (None before the first request or after a close)."""
-        return self._stream.socket if self._stream is not None else None
-
     async def request(
         self, method: str, target: str, body: bytes = b"", content_type: str | None = None
     ) -> HttpResponse:

@@ -262,16 +262,21 @@ class Subscription:
             return
         self._reading = True
         try:
+            await self._read_frame()
+        finally:
+            self._reading = False
+            if self._read_done is not None:  # the waiters look again: it was routed
+                self._read_done.set()
+                self._read_done = None
+
+    async def _read_frame(self) -> None:
+        """Take one frame off the connection: an item for iteration or a request's answer."""
+        try:
             raw = await self._ws.get_message()
-            received = time.monotonic()
         except ConnectionClosed as exc:
             self._end(exc)
             return
-        finally:
-            self._reading = False
-            if self._read_done is not None:
-                self._read_done.set()
-                self._read_done = None
+        received = time.monotonic()
         try:
             item = parse_frame(raw, received)
         except ClientError as exc:
@@ -281,7 +286,7 @@ class Subscription:
             self._items.append(item)
             return
         request_id = item.get("id")
-        if request_id in self._awaited:
+        if isinstance(request_id, int) and request_id in self._awaited:
             self._replies[request_id] = item
         elif item.get("op") == "error":
             self._items.append(error_from_frame(item))  # answers nobody: say it in iteration
