@@ -65,14 +65,16 @@ def levels_table(cases: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = [
-        "| level | connections | conn/s | connect p99 ms | messages/s | deliveries/s "
+        "| level | connections | conn/s | connect p99 ms | published | messages/s | deliveries/s "
         "| p95 ms | p99 ms | delivered/expected | server RSS MB | gen CPU % | server CPU % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in rows:
         lines.append(
             f"| {name} | {_fmt(m.get('connections'))} | {_fmt(m.get('connect_per_s'))} "
-            f"| {_ms(m.get('connect_p99_ms'))} | {_fmt(m.get('messages_per_s'))} "
+            f"| {_ms(m.get('connect_p99_ms'))} "
+            f"| {_fmt(m.get('published'))}/{_fmt(m.get('planned'))} "
+            f"| {_fmt(m.get('messages_per_s'))} "
             f"| {_fmt(m.get('deliveries_per_s'))} | {_ms(m.get('p95_ms'))} "
             f"| {_ms(m.get('p99_ms'))} | {_delivered(m)} | {_fmt(m.get('rss_mb'))} "
             f"| {_fmt(m.get('gen_cpu_pct'))} | {_fmt(m.get('broker_cpu_pct'))} |")

@@ -18,7 +18,7 @@ from ..lean import HttpClient
 from ..publisher import bulk_bodies, publish_from_subprocess, publish_sequentially
 from ..stats import latency_summary, rate
 from .context import ScenarioContext, delivery_figures, note
-from .subscribers import check_complete, close_group, connect_group, read_until
+from .subscribers import check_complete, close_group, connect_group, delivery_wait, read_until
 
 UNBOUNDED = 1 << 60  # a message count no subscriber reaches: read until told to stop
 
@@ -63,10 +63,11 @@ async def fan_out(ctx: ScenarioContext, run: int, kind: str, subscribers: int,
         if seconds is not None:  # flat out: now we know how many to wait for
             readers.cancel()
         else:
-            readers.deadline = trio.current_time() + ctx.delivery_timeout
+            readers.deadline = trio.current_time() + delivery_wait(
+                ctx, subscribers * (messages or 0))
     accepted = publish.get("accepted", 0)
     if seconds is not None:
-        await read_until(ready, accepted, ctx.delivery_timeout, errors)
+        await read_until(ready, accepted, delivery_wait(ctx, subscribers * accepted), errors)
     cpu = meter.stop()
     errors += publish.get("errors", [])
     delivered = sum(min(sub.received, accepted) for sub in ready)

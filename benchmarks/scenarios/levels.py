@@ -25,7 +25,7 @@ from ..process import rss_bytes
 from ..publisher import bulk_bodies, publish_sequentially
 from ..stats import latency_summary, rate
 from .context import ScenarioContext, delivery_figures, note
-from .subscribers import check_complete, close_group, connect_group, read_until
+from .subscribers import check_complete, close_group, connect_group, delivery_wait, read_until
 
 # Descriptors needed besides the connections: publishers, the epoll set, stdio, logs.
 FD_MARGIN = 200
@@ -101,7 +101,8 @@ async def run_level(ctx: ScenarioContext, run: int, level: Level) -> dict[str, A
 
         nursery.start_soon(read)
         out = await publish_sequentially(client, b"/v1/publish", bodies, sizes, ctx.timeout)
-        readers.deadline = trio.current_time() + ctx.delivery_timeout
+        readers.deadline = trio.current_time() + delivery_wait(
+            ctx, level.connections * messages)
     client.close()
     cpu = meter.stop()
     errors += out.errors
@@ -123,6 +124,8 @@ async def run_level(ctx: ScenarioContext, run: int, level: Level) -> dict[str, A
         "rate_per_s": rate(delivered, span),
         "connect_per_s": rate(len(group.ready), group.seconds),
         "connect_p99_ms": connect["connect_p99_ms"],
+        "planned": len(plan),
+        "published": out.accepted,
         "messages_per_s": rate(out.accepted, (out.t_last or 0) - (t0 or 0) or None),
         "deliveries_per_s": rate(delivered, span),
         **delivery_figures(delivered, level.connections * messages),

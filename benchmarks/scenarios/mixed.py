@@ -36,6 +36,9 @@ PATTERN = "RERMRERMRE"
 OPERATIONS = {"R": "register", "E": "enumerate", "M": "multicast"}
 PROGRESS_INTERVAL = 5.0
 OPERATION_TIMEOUT = 10.0
+# Pooled HTTP connections idle this long are not reused (servers close idle keep-alive
+# connections after a few seconds: hypercorn's default is 5 s).
+POOL_IDLE_SECONDS = 2.0
 
 
 @dataclass
@@ -102,21 +105,32 @@ class MixedRun:
         self.prefix = ctx.topic("mixed", run) + "."
         self.registered: list[Registered] = []
         self.reader = LiveReader()
-        self.idle_clients: list[HttpClient] = []
+        self.idle_clients: list[tuple[HttpClient, float]] = []  # most recently used last
         self.stats = {name: OperationStats() for name in OPERATIONS.values()}
         self.multicasts: list[tuple[int, int, list[Registered]]] = []  # group, offset, targets
         self.skipped = 0
         self.launched = dict.fromkeys(OPERATIONS.values(), 0)
 
     async def http(self, method: bytes, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        client = self.idle_clients.pop() if self.idle_clients else HttpClient(
-            self.ctx.http.host, self.ctx.http.port)
+        """One request on a pooled keep-alive connection. Connections idle for longer than
+        `POOL_IDLE_SECONDS` are dropped unused: the server may be closing them (its
+        keep-alive timeout), and a request racing that close would count as a failure."""
+        now = time.monotonic()
+        client = None
+        while self.idle_clients:
+            candidate, since = self.idle_clients.pop()
+            if now - since < POOL_IDLE_SECONDS:
+                client = candidate
+                break
+            candidate.close()
+        if client is None:
+            client = HttpClient(self.ctx.http.host, self.ctx.http.port)
         try:
             answer = await client.request(method, path.encode(), body)
         except BaseException:
             client.close()
             raise
-        self.idle_clients.append(client)
+        self.idle_clients.append((client, time.monotonic()))
         return answer
 
     async def timed(self, name: str, operation: Callable[[], Awaitable[bool]]) -> None:
@@ -232,7 +246,7 @@ async def run_mixed(ctx: ScenarioContext, run: int) -> dict[str, dict[str, Any]]
         state.reader.close()
     cpu = meter.stop()
     await close_group([r.sub for r in state.registered])
-    for client in state.idle_clients:
+    for client, _ in state.idle_clients:
         client.close()
     targets = sum(len(t) for _, _, t in state.multicasts)
     delivered = sum(got_offset(t.sub, offset) for _, offset, ts in state.multicasts for t in ts)
