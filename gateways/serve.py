@@ -27,6 +27,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from broker import Broker, Settings, open_broker
 
 from .http import create_app
+from .publish_route import PublishRoute
 from .websocket import PATH, serve_websocket
 
 log = logging.getLogger("gateways.serve")
@@ -60,15 +61,20 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# hypercorn's default. It also bounds how long a connection that never sends a complete
+# request holds its socket and tasks (75 s here let dropped connections pile up), and how
+# long an idle keep-alive connection that the client closed keeps its two tasks: hypercorn
+# ends those on its idle timer, not on the client's FIN.
+KEEP_ALIVE_SECONDS = 5.0
+
+
 def _hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"{_host_for_url(settings.host)}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup
     config.graceful_timeout = settings.drain_seconds
-    # hypercorn's default: it also bounds how long a connection that never sends a
-    # complete request holds its socket and tasks (75 s here let dropped connections pile up).
-    config.keep_alive_timeout = 5.0
+    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
     return config
 
 
@@ -82,7 +88,7 @@ async def serve(
     async with open_broker(settings) as broker:
         ready = False
         closing = trio.Event()
-        app = create_app(broker, lambda: ready and not broker.draining)
+        app = PublishRoute(broker, create_app(broker, lambda: ready and not broker.draining))
         ws_listener = trio.CancelScope()
 
         async def run_ws_listener(*, task_status: trio.TaskStatus[int]) -> None:

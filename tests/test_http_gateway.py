@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import cbor2
 import httpx
+import orjson
 import pytest
+import trio
 
 from .conftest import RunningBroker, StartBroker
 
@@ -68,6 +70,28 @@ async def test_chunked_body_over_the_limit_is_413(start_broker: StartBroker) -> 
     async with httpx.AsyncClient(base_url=running.http_url) as http:
         response = await http.post("/v1/topics/t", content=chunks())
         assert_error(response, 413, "payload_too_large")
+
+
+async def test_a_declared_length_past_every_limit_is_refused_before_the_body_is_sent(
+    start_broker: StartBroker,
+) -> None:
+    """A client announcing 100 MB gets its 413 at once: nothing is buffered or awaited."""
+    running = await start_broker(max_payload_bytes=1000, max_body_bytes=2000)
+    stream = await trio.open_tcp_stream("127.0.0.1", running.addresses.port)
+    async with stream:
+        await stream.send_all(
+            b"POST /v1/topics/t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        answer = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"}}"):
+                chunk = await stream.receive_some(65536)
+                assert chunk, answer
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert orjson.loads(body)["error"]["code"] == "payload_too_large"
 
 
 async def test_bulk_publish_with_an_unsupported_content_type_is_415(
