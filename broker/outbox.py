@@ -4,13 +4,15 @@ Topics call `offer` synchronously and never wait; it answers `ACCEPTED`, `FULL` 
 topic's slow-consumer policy decides what that means) or `CLOSED`. The connection's writer
 task calls `take` to get everything queued as one batch and writes it with one `send_all`.
 
-Lone-frame fast path: when nothing is queued, no write is in progress and the topic has no
-more messages right behind this one, `offer` writes the frame straight to the non-blocking
-socket through `write_now` (as asyncio transports do) and queues only what the kernel did
-not take, so a message to an idle subscriber costs no task switch. Order is kept: the fast
-path is used only when the queue is empty. A burst is queued instead, and goes out with one
-send_all per subscriber.
-(Guarded by `python -m benchmarks.quick`, scenario fanout.)
+Write now, without a task switch: `flush` writes everything queued straight to the
+non-blocking socket through `write_now` (as asyncio transports do) when no write is in
+progress, and leaves only what the kernel did not take for the connection's writer task.
+A lone message (the topic has nothing more right behind it) is flushed by `offer` itself;
+a burst is only queued (`lone=False`) and the topic flushes each outbox once at the end of
+its turn, so a burst goes out as one write per subscriber and the writer tasks are woken
+only for what the kernel could not take at once. Order is kept: a flush writes the queue
+from its front, and never while the writer holds a batch.
+(Guarded by `python -m benchmarks.quick`, scenarios fanout and fanout-bulk.)
 
 Message frames are queued as `Message` objects, not bytes, so a policy knows each item's
 topic and offset (drop-oldest reports gaps per topic); the frame is rendered once per
@@ -37,6 +39,9 @@ from .metrics import BrokerCounters
 
 # How far past its capacity an outbox may grow during a slow consumer's grace period.
 GRACE_FACTOR = 2
+# Most bytes one flush joins and writes; past that, the writer task sends the rest in
+# bounded batches (a large replay must not build one huge buffer here).
+FLUSH_MAX_BYTES = 256 * 1024
 
 
 class Offer(enum.Enum):
@@ -102,38 +107,72 @@ class Outbox:
     # -- the topics' side: synchronous, never waits ----------------------------------------
 
     def offer(self, message: Message, lone: bool = True) -> Offer:
-        """Queue (or write at once) the frame of `message`; never waits.
+        """Queue the frame of `message` and, if `lone`, `flush`; never waits.
 
-        `lone=False` says more messages follow at once (a burst): queue them all so the
-        writer sends the burst with one send_all instead of one write per frame.
+        `lone=False` says more messages follow at once (a burst): the caller must `flush`
+        when the burst is over, so it goes out as one write instead of one per frame.
         """
         if self._closed:
             return Offer.CLOSED
         items = self._items
-        if (
-            lone and not items and not self._writing and not self._gaps
-            and self._write_now is not None
-        ):
-            frame = message.rendered(self._render)
+        if len(items) >= self._capacity:
+            return Offer.FULL
+        items.append(message)
+        if lone:
+            self.flush()
+            if self._closed:
+                return Offer.CLOSED  # the write found the peer gone
+        return Offer.ACCEPTED
+
+    def flush(self) -> None:
+        """Send what is queued: written now if no write is in progress (no task switch),
+        the rest (or everything, when a write is in progress) by waking the writer."""
+        items = self._items
+        if not items:
+            return
+        write_now = self._write_now
+        if self._writing or write_now is None or self._gaps:
+            if self._writer:
+                self._writer.unpark()
+            return
+        frames: list[bytes] = []
+        size = 0
+        for item in items:
+            kind = type(item)
+            if kind is Message:
+                frame = item.rendered(self._render)  # type: ignore[attr-defined]
+            elif kind is bytes:  # the rest of a frame an earlier flush began
+                frame = item  # type: ignore[assignment]
+            else:
+                break  # a reply or close marker: the writer's to send
+            frames.append(frame)
+            size += len(frame)
+            if size >= FLUSH_MAX_BYTES:
+                break
+        if frames:
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
             try:
-                sent = self._write_now(frame)
+                sent = write_now(data)
             except BlockingIOError:
                 sent = 0
             except OSError:
                 self.close()  # the peer is gone; the connection's reader will see it too
-                return Offer.CLOSED
-            if sent == len(frame):
-                self._counters.delivered += 1
-                return Offer.ACCEPTED
-            items.append(frame[sent:])
+                return
+            done = written = 0
+            for frame in frames:
+                if written + len(frame) > sent:
+                    break
+                written += len(frame)
+                done += 1
+            for _ in range(done):
+                items.popleft()
+            if sent > written:
+                items[0] = frames[done][sent - written:]
+            self._counters.delivered += done
+            if self._room:
+                self._room.unpark_all()
+        if items and self._writer:
             self._writer.unpark()
-            return Offer.ACCEPTED
-        if len(items) >= self._capacity:
-            return Offer.FULL
-        items.append(message)
-        if self._writer:
-            self._writer.unpark()
-        return Offer.ACCEPTED
 
     def offer_in_grace(self, message: Message, now: float, grace: float) -> Offer:
         """After `offer` answered FULL, under `disconnect`: queue past capacity while the

@@ -102,6 +102,8 @@ class TopicActor:
         self._subscriptions: dict[int, _Subscription] = {}
         # `block` policy: a message and the subscribers whose full outbox it waits for.
         self._blocked: tuple[Message, list[Subscriber]] | None = None
+        # Messages forwarded as a burst (lone=False) that outboxes hold until we flush them.
+        self._unflushed = False
         self.retired = False
 
     # -- the actor loop ------------------------------------------------------------------
@@ -116,23 +118,36 @@ class TopicActor:
         """
         task_status.started(self.address)
         receive_nowait = self._mailbox.receive_nowait
-        while not self.retired:
-            request: TopicRequest | None = await self._next_request()
-            handled = 0
-            while request is not None:
-                if type(request) is Pause:
-                    await request.resume.wait()
-                else:
-                    self._handle_or_fail(request)
-                    if self._blocked is not None:
-                        await self._deliver_blocked()
-                handled += 1
-                if handled >= TURN_REQUESTS or self.retired:
-                    break
-                try:
-                    request = receive_nowait()
-                except trio.WouldBlock:
-                    request = None
+        try:
+            while not self.retired:
+                request: TopicRequest | None = await self._next_request()
+                handled = 0
+                while request is not None:
+                    if type(request) is Pause:
+                        self._flush()
+                        await request.resume.wait()
+                    else:
+                        self._handle_or_fail(request)
+                        if self._blocked is not None:
+                            self._flush()
+                            await self._deliver_blocked()
+                    handled += 1
+                    if handled >= TURN_REQUESTS or self.retired:
+                        break
+                    try:
+                        request = receive_nowait()
+                    except trio.WouldBlock:
+                        request = None
+                self._flush()  # the turn is over: each outbox writes its burst at once
+        finally:
+            self._flush()  # even after a crash, nothing forwarded is left unsent
+
+    def _flush(self) -> None:
+        """End of a burst: every subscriber's outbox writes what it holds (one write each)."""
+        if self._unflushed:
+            self._unflushed = False
+            for subscription in self._subscriptions.values():
+                subscription.subscriber.outbox.flush()
 
     def _handle_or_fail(self, request: TopicRequest) -> None:
         try:
@@ -220,6 +235,8 @@ class TopicActor:
         gone: list[int] = []
         blocked: list[Subscriber] = []
         lone = not self._mailbox.depth  # more right behind: let the outboxes batch them
+        if not lone:
+            self._unflushed = True
         for subscriber_id, subscription in self._subscriptions.items():
             subscriber = subscription.subscriber
             outcome = subscriber.outbox.offer(message, lone)
@@ -257,7 +274,7 @@ class TopicActor:
             outcome = FULL
             while outcome is FULL:
                 await subscriber.outbox.wait_room()
-                outcome = subscriber.outbox.offer(message, lone=False)
+                outcome = subscriber.outbox.offer(message)
             if outcome is ACCEPTED:
                 self._counters.forwarded += 1
             else:
@@ -312,6 +329,7 @@ class TopicActor:
                 if outcome is FULL:
                     self._evict(subscriber)
                 return SubscribeResult(first, history.next_offset, replayed=0)
+        subscriber.outbox.flush()
         self._counters.forwarded += len(replay)
         self._subscriptions[subscriber.id] = _Subscription(subscriber, pattern)
         return result
