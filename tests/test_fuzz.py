@@ -318,8 +318,10 @@ content_types = st.one_of(
 
 async def assert_still_serving(running: RunningBroker) -> None:
     """A fresh subscriber gets a freshly published message: the broker is fine."""
+    # "Connection: close": the canary's own keep-alive connection must not hold its tasks
+    # for hypercorn's idle timer (see HTTP_SETTLE_SECONDS) in a test about something else.
     async with websocket(running, "topic=canary") as ws, httpx.AsyncClient(
-        timeout=TIMEOUT
+        timeout=TIMEOUT, headers={"connection": "close"}
     ) as http:
         assert await request(ws, op="ping", id="canary") == {"op": "ok", "id": "canary"}
         response = await http.post(f"{running.http_url}/v1/topics/canary", json="alive")
