@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from .lean import Endpoint
-from .process import BROKER_ARGV, BrokerProcess, rss_bytes
+from .process import BROKER_ARGV, BrokerProcess, proc_cpu_seconds, rss_bytes
 from .progress import ProgressReporter
 from .results import case_entry
 from .scenarios import SCENARIOS, ScenarioContext, Sizes
@@ -20,6 +20,10 @@ from .scenarios.context import CAPABILITIES
 
 # Pause between scenarios so the server finishes tearing down the last one's connections.
 SETTLE_SECONDS = 0.5
+# ...and then until it uses less than this share of a core over QUIET_WINDOW seconds.
+QUIET_CPU_SHARE = 0.2
+QUIET_WINDOW = 0.3
+SETTLE_LIMIT = 30.0
 MB = 1024 * 1024
 
 
@@ -62,8 +66,24 @@ async def run_scenarios(ctx: ScenarioContext, options: SuiteOptions
             for case, figures in cases.items():
                 figures["run"] = run
                 results.setdefault(case, []).append(figures)
-            await trio.sleep(SETTLE_SECONDS)
+            await settle(ctx.server_pid)
     return results
+
+
+async def settle(pid: int | None) -> None:
+    """Wait until the server is quiet (below `QUIET_CPU_SHARE` of a core over a short
+    window), at most `SETTLE_LIMIT` seconds: closing 10,000 connections keeps it busy for
+    seconds, which would land in the next scenario's figures. Without a pid: a pause."""
+    await trio.sleep(SETTLE_SECONDS)
+    if pid is None:
+        return
+    with trio.move_on_after(SETTLE_LIMIT):
+        while True:
+            before = proc_cpu_seconds(pid)
+            await trio.sleep(QUIET_WINDOW)
+            after = proc_cpu_seconds(pid)
+            if before is None or after is None or after - before < QUIET_CPU_SHARE * QUIET_WINDOW:
+                return
 
 
 def problems_of(cases: dict[str, list[dict[str, Any]]], server: dict[str, Any]) -> list[str]:
