@@ -10,8 +10,9 @@ progress, and leaves only what the kernel did not take for the connection's writ
 A lone message (the topic has nothing more right behind it) is flushed by `offer` itself;
 a burst is only queued (`lone=False`) and the topic flushes each outbox once at the end of
 its turn, so a burst goes out as one write per subscriber and the writer tasks are woken
-only for what the kernel could not take at once. Order is kept: a flush writes the queue
-from its front, and never while the writer holds a batch.
+only for what the kernel could not take at once. An outbox that holds exactly the burst
+writes the `Burst`'s frames, joined once per wire format for all subscribers. Order is
+kept: a flush writes the queue from its front, and never while the writer holds a batch.
 (Guarded by `python -m benchmarks.quick`, scenarios fanout and fanout-bulk.)
 
 Message frames are queued as `Message` objects, not bytes, so a policy knows each item's
@@ -61,6 +62,25 @@ class Gap:
     skipped: int
     first: int
     last: int
+
+
+class Burst:
+    """Messages a topic forwarded in one turn, and their frames joined once per wire
+    format (every subscriber whose outbox holds just these writes the same bytes)."""
+
+    __slots__ = ("_joined", "first", "last", "messages")
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+        self.first = messages[0]
+        self.last = messages[-1]
+        self._joined: dict[object, bytes] = {}
+
+    def joined(self, render: Callable[[Message], bytes]) -> bytes:
+        data = self._joined.get(render)
+        if data is None:
+            data = self._joined[render] = b"".join(m.rendered(render) for m in self.messages)
+        return data
 
 
 class Outbox:
@@ -124,9 +144,14 @@ class Outbox:
                 return Offer.CLOSED  # the write found the peer gone
         return Offer.ACCEPTED
 
-    def flush(self) -> None:
+    def flush(self, burst: Burst | None = None) -> None:
         """Send what is queued: written now if no write is in progress (no task switch),
-        the rest (or everything, when a write is in progress) by waking the writer."""
+        the rest (or everything, when a write is in progress) by waking the writer.
+
+        `burst`: what the calling topic just forwarded; if the queue holds exactly that
+        (same length, same first and last message: the topic's turn appended them in
+        order and nothing else ran meanwhile), its shared joined frames are written.
+        """
         items = self._items
         if not items:
             return
@@ -134,6 +159,27 @@ class Outbox:
         if self._writing or write_now is None or self._gaps:
             if self._writer:
                 self._writer.unpark()
+            return
+        if (
+            burst is not None and len(items) == len(burst.messages)
+            and items[0] is burst.first and items[-1] is burst.last
+        ):
+            data = burst.joined(self._render)
+            try:
+                sent = write_now(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent == len(data):
+                items.clear()
+                self._counters.delivered += len(burst.messages)
+                if self._room:
+                    self._room.unpark_all()
+                return
+            # Partial: put back what the kernel did not take, frame by frame.
+            self._keep_unsent([m.rendered(self._render) for m in burst.messages], sent)
             return
         frames: list[bytes] = []
         size = 0
@@ -158,19 +204,28 @@ class Outbox:
             except OSError:
                 self.close()  # the peer is gone; the connection's reader will see it too
                 return
-            done = written = 0
-            for frame in frames:
-                if written + len(frame) > sent:
-                    break
-                written += len(frame)
-                done += 1
-            for _ in range(done):
-                items.popleft()
-            if sent > written:
-                items[0] = frames[done][sent - written:]
-            self._counters.delivered += done
-            if self._room:
-                self._room.unpark_all()
+            self._keep_unsent(frames, sent)
+            return
+        if self._writer:
+            self._writer.unpark()
+
+    def _keep_unsent(self, frames: list[bytes], sent: int) -> None:
+        """After writing `frames` (the queue's first items) of which `sent` bytes went:
+        drop the written items, keep the rest of a begun frame as bytes, wake the writer."""
+        items = self._items
+        done = written = 0
+        for frame in frames:
+            if written + len(frame) > sent:
+                break
+            written += len(frame)
+            done += 1
+        for _ in range(done):
+            items.popleft()
+        if sent > written:
+            items[0] = frames[done][sent - written:]
+        self._counters.delivered += done
+        if self._room:
+            self._room.unpark_all()
         if items and self._writer:
             self._writer.unpark()
 

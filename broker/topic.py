@@ -37,7 +37,7 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import BrokerCounters
-from .outbox import Offer
+from .outbox import Burst, Offer
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import TopicSettings
 
@@ -102,8 +102,9 @@ class TopicActor:
         self._subscriptions: dict[int, _Subscription] = {}
         # `block` policy: a message and the subscribers whose full outbox it waits for.
         self._blocked: tuple[Message, list[Subscriber]] | None = None
-        # Messages forwarded as a burst (lone=False) that outboxes hold until we flush them.
-        self._unflushed = False
+        # Messages forwarded this turn as a burst (lone=False): outboxes hold them until
+        # the end of the turn, when `_flush` has each write them at once.
+        self._burst: list[Message] = []
         self.retired = False
 
     # -- the actor loop ------------------------------------------------------------------
@@ -143,11 +144,13 @@ class TopicActor:
             self._flush()  # even after a crash, nothing forwarded is left unsent
 
     def _flush(self) -> None:
-        """End of a burst: every subscriber's outbox writes what it holds (one write each)."""
-        if self._unflushed:
-            self._unflushed = False
+        """End of a burst: every subscriber's outbox writes what it holds (one write each,
+        the burst's frames joined once per wire format)."""
+        if self._burst:
+            burst = Burst(self._burst)
+            self._burst = []
             for subscription in self._subscriptions.values():
-                subscription.subscriber.outbox.flush()
+                subscription.subscriber.outbox.flush(burst)
 
     def _handle_or_fail(self, request: TopicRequest) -> None:
         try:
@@ -234,9 +237,10 @@ class TopicActor:
         forwarded = 0
         gone: list[int] = []
         blocked: list[Subscriber] = []
-        lone = not self._mailbox.depth  # more right behind: let the outboxes batch them
+        # More right behind (or a burst already open): queue, and flush at the turn's end.
+        lone = not self._mailbox.depth and not self._burst
         if not lone:
-            self._unflushed = True
+            self._burst.append(message)
         for subscriber_id, subscription in self._subscriptions.items():
             subscriber = subscription.subscriber
             outcome = subscriber.outbox.offer(message, lone)

@@ -9,6 +9,7 @@ import trio.testing
 from broker import Gap, Message, Offer, Outbox
 from broker.codec import PayloadKind
 from broker.metrics import BrokerCounters
+from broker.outbox import Burst
 
 
 def message(offset: int, topic: str = "t") -> Message:
@@ -83,6 +84,42 @@ async def test_what_a_flush_could_not_write_is_left_frame_by_frame_in_order() ->
     assert sock.written == b"<0><1" and counters.delivered == 1
     batch = await outbox.take(10)
     assert batch[0] == b">" and batch[1].offset == 2  # type: ignore[attr-defined]
+
+
+async def test_outboxes_holding_exactly_a_burst_write_its_frames_joined_once() -> None:
+    joins: list[int] = []
+
+    def counting_render(m: Message) -> bytes:
+        joins.append(m.offset)
+        return render(m)
+
+    sockets = [FakeSocket(), FakeSocket(), FakeSocket(room=5)]
+    counters = BrokerCounters()
+    outboxes = [Outbox(8, counting_render, counters, sock.write) for sock in sockets]
+    burst = [message(n) for n in range(3)]
+    for outbox in outboxes:
+        for m in burst:
+            outbox.offer(m, lone=False)
+    shared = Burst(burst)
+    for outbox in outboxes:
+        outbox.flush(shared)
+    assert [s.written for s in sockets] == [b"<0><1><2>", b"<0><1><2>", b"<0><1"]
+    assert joins == [0, 1, 2]  # each frame rendered once, for all three outboxes
+    assert counters.delivered == 3 + 3 + 1
+    # The third kernel took 5 bytes: the rest of frame 1, then frame 2, for the writer.
+    batch = await outboxes[2].take(10)
+    assert batch[0] == b">" and batch[1] is burst[2]
+
+
+async def test_an_outbox_holding_more_than_the_burst_writes_its_own_queue_in_order() -> None:
+    sock = FakeSocket()
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    outbox.offer(message(9, "other"), lone=False)  # queued earlier by another topic
+    burst = [message(n) for n in range(2)]
+    for m in burst:
+        outbox.offer(m, lone=False)
+    outbox.flush(Burst(burst))
+    assert sock.written == b"<9><0><1>"
 
 
 async def test_a_flush_stops_at_a_reply_and_leaves_it_to_the_writer() -> None:
