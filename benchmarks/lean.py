@@ -561,3 +561,27 @@ class SubscriberGroup:
         finally:
             trio.lowlevel.notify_closing(epoll)
             epoll.close()
+
+
+async def ws_handshake(sock: socket.socket, host: str, port: int, path: str) -> bytes:
+    """The client's opening handshake on a connected socket, made by hand (the same request
+    as `WsSubscriber.connect`); returns the bytes the server sent after its 101 answer.
+    Raises `ProtocolError` unless the server accepts with the right Sec-WebSocket-Accept."""
+    key = base64.b64encode(os.urandom(16))
+    await send_all(sock, b"GET %s HTTP/1.1\r\nhost: %s:%d\r\nupgrade: websocket\r\n"
+                         b"connection: Upgrade\r\nsec-websocket-key: %s\r\n"
+                         b"sec-websocket-version: 13\r\n\r\n"
+                         % (path.encode(), host.encode(), port, key))
+    buf = bytearray()
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        data = await receive(sock, HTTP_RECEIVE_SIZE)
+        if not data:
+            raise ProtocolError("connection closed during the WebSocket handshake")
+        buf += data
+    head = bytes(buf[:end]).lower()
+    if head[9:12] != b"101":
+        raise ProtocolError(f"handshake answered {bytes(buf[:300])!r}")
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).lower()
+    if b"sec-websocket-accept: " + accept not in head:
+        raise ProtocolError("bad Sec-WebSocket-Accept")
+    return bytes(buf[end + 4 :])

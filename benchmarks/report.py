@@ -157,7 +157,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{pin.get('generator_core')}; RLIMIT_NOFILE {pin.get('nofile')}",
         f"- runs per scenario: {meta['runs']} (figures are medians; failures and losses "
         f"are totals over runs){'; --quick sizes' if meta['quick'] else ''}",
-        "- latency: per request for publishes (per batch for bulk), connect+subscribe+ping "
+        "- latency: per request for publishes (per batch for bulk, publish op -> its ok for "
+        "ws-publish), connect+subscribe+ping "
         "for connect, publish-to-receive for e2e, first publish -> subscriber complete for "
         "fan-out cases and levels",
         "- gen CPU % / server CPU %: CPU time of the load generator (with its publisher "

@@ -5,10 +5,13 @@ the rate schedule's accuracy, frame splitting). No assertion about speed."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import random
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +22,18 @@ from benchmarks import compare, results
 from benchmarks.__main__ import main
 from benchmarks.scenarios.e2e import split_frames
 from benchmarks.scenarios.levels import degradation, levels_up_to
+from benchmarks.scenarios.ws_publish import WsPublisher, publish_all, publish_frames
 from benchmarks.schedule import RateSchedule, accuracy_pct, achieved_rate, run_at_rate
 from benchmarks.stats import direction, is_regression, latency_summary, median_of, percentile
 
 REPO = Path(__file__).resolve().parents[1]
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Every case a --quick run of the whole suite reports (idle is not part of --quick).
 QUICK_CASES = {
-    "single", "bulk", "concurrent", "connect-50", "connect-200", "e2e", "e2e-lean", "broadcast",
-    "fanout", "fanout-single", "sustained", "levels.minimal", "levels.light", "levels.low",
-    "levels.medium", "levels.summary", "mixed", "mixed.register", "mixed.enumerate",
-    "mixed.multicast",
+    "single", "ws-publish", "bulk", "concurrent", "connect-50", "connect-200", "e2e",
+    "e2e-lean", "broadcast", "fanout", "fanout-single", "sustained", "levels.minimal",
+    "levels.light", "levels.low", "levels.medium", "levels.summary", "mixed", "mixed.register",
+    "mixed.enumerate", "mixed.multicast",
 }
 
 
@@ -58,10 +63,14 @@ def test_quick_suite_completes_every_scenario_without_loss(tmp_path: Path) -> No
         if "expected" in run:
             assert run["expected"] > 0 and run["delivered"] == run["expected"], (name, run)
         assert "median" in case
-    for timed in ("single", "bulk", "concurrent", "connect-50", "e2e", "broadcast", "fanout"):
+    for timed in ("single", "ws-publish", "bulk", "concurrent", "connect-50", "e2e", "broadcast",
+                  "fanout"):
         run = cases[timed]["runs"][0]
         assert run["requests"] > 0 and run["p99_ms"] is not None
         assert run["gen_cpu_pct"] is not None and run["broker_cpu_pct"] is not None
+    ws_publish = cases["ws-publish"]["runs"][0]
+    assert ws_publish["accepted"] == ws_publish["messages"] > 0
+    assert ws_publish["last_offset"] == ws_publish["messages"] - 1
     assert cases["mixed.multicast"]["runs"][0]["targets"] > 0
     assert cases["mixed"]["runs"][0]["registered"] > 0
     markdown = json_path.with_suffix(".md").read_text()
@@ -202,6 +211,36 @@ async def test_run_at_rate_catches_up_after_a_stall(
     launched = await run_at_rate(schedule, launch)
     assert len(launched) == 20
     assert launched[-1] - launched[0] == pytest.approx(1.9)  # no drift after the stall
+
+
+async def test_ws_publisher_counts_unanswered_publishes_instead_of_hanging() -> None:
+    """A server that accepts the WebSocket handshake, answers the first publish and then
+    nothing: the rest are failures once the phase timeout passes."""
+    async def serve(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some()
+        key = head.split(b"sec-websocket-key: ")[1].split(b"\r\n")[0]
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                              b"connection: Upgrade\r\nsec-websocket-accept: %s\r\n\r\n"
+                              % accept)
+        await stream.receive_some()  # the first publish (id 7)
+        answer = b'{"op":"ok","id":7,"topic":"t","offset":0}'
+        await stream.send_all(bytes([0x81, len(answer)]) + answer)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        publisher = WsPublisher("127.0.0.1", listener.socket.getsockname()[1], "/v1/ws")
+        await publisher.connect()
+        out, misplaced, last = await publish_all(publisher, publish_frames("t", 3, 7), 7, 0.5)
+        with trio.move_on_after(0.2):  # the server never answers the close either
+            await publisher.close()
+        nursery.cancel_scope.cancel()
+    assert publisher.sock is None  # closed even though the closing handshake timed out
+    assert (out.accepted, out.failures, misplaced, last) == (1, 2, 0, 0)
+    assert "2 publishes not answered within 0.5s" in out.errors
 
 
 def test_split_frames_keeps_a_partial_frame_for_later() -> None:

@@ -28,6 +28,7 @@ class Sizes:
     """How large each scenario runs; `QUICK` keeps the whole suite under a minute."""
 
     single_messages: int = 5000
+    ws_publish_messages: int = 5000  # sequential publishes on one WebSocket connection
     bulk_batches: int = 200
     bulk_size: int = 50
     concurrent_publishers: int = 20
@@ -49,7 +50,8 @@ class Sizes:
 
 
 QUICK = Sizes(
-    single_messages=300, bulk_batches=20, concurrent_messages=20, connect_clients=(50, 200),
+    single_messages=300, ws_publish_messages=300, bulk_batches=20, concurrent_messages=20,
+    connect_clients=(50, 200),
     e2e_messages=50, fanout=(200, 20), sustained_seconds=1.0, level_messages=10,
     max_level="medium", mixed_seconds=5.0, idle_connections=200,
 )
