@@ -2,7 +2,7 @@
 
 from . import codec
 from .codec import PayloadKind, WireFormat
-from .connection import ControlFrame, Subscriber, SubscriberInfo, next_connection_id
+from .connection import Subscriber, SubscriberInfo, next_connection_id
 from .errors import (
     AlreadySubscribed,
     BrokerError,
@@ -22,7 +22,7 @@ from .errors import (
 )
 from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker
-from .outbox import Gap, Offer, Outbox
+from .outbox import ControlFrame, Gap, Offer, Outbox
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import Settings, SettingsError, TopicSettings, load_settings
 from .subjects import SubjectTrie, pattern_matches, validate_pattern, validate_topic

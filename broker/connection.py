@@ -25,13 +25,6 @@ def next_connection_id() -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ControlFrame:
-    """An outbox item that is not a message (a reply such as `ok`): written, not counted."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class SubscriberInfo:
     """A subscriber as presence listings show it."""
 

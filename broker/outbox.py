@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import trio
@@ -51,6 +52,13 @@ class Offer(enum.Enum):
     ACCEPTED = "accepted"
     FULL = "full"
     CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFrame:
+    """An outbox item that is not a message (a reply such as `ok`): written, not counted."""
+
+    data: bytes
 
 
 @dataclass(slots=True)
@@ -182,6 +190,7 @@ class Outbox:
             self._keep_unsent([m.rendered(self._render) for m in burst.messages], sent)
             return
         frames: list[bytes] = []
+        replies: set[int] = set()  # indexes of frames that are not messages (not counted)
         size = 0
         for item in items:
             kind = type(item)
@@ -189,8 +198,11 @@ class Outbox:
                 frame = item.rendered(self._render)  # type: ignore[attr-defined]
             elif kind is bytes:  # the rest of a frame an earlier flush began
                 frame = item  # type: ignore[assignment]
+            elif kind is ControlFrame:  # a reply: written in line, no writer wake
+                replies.add(len(frames))
+                frame = item.data  # type: ignore[attr-defined]
             else:
-                break  # a reply or close marker: the writer's to send
+                break  # a close marker: the writer's to send
             frames.append(frame)
             size += len(frame)
             if size >= FLUSH_MAX_BYTES:
@@ -204,14 +216,17 @@ class Outbox:
             except OSError:
                 self.close()  # the peer is gone; the connection's reader will see it too
                 return
-            self._keep_unsent(frames, sent)
+            self._keep_unsent(frames, sent, replies)
             return
         if self._writer:
             self._writer.unpark()
 
-    def _keep_unsent(self, frames: list[bytes], sent: int) -> None:
+    def _keep_unsent(
+        self, frames: list[bytes], sent: int, replies: AbstractSet[int] = frozenset()
+    ) -> None:
         """After writing `frames` (the queue's first items) of which `sent` bytes went:
-        drop the written items, keep the rest of a begun frame as bytes, wake the writer."""
+        drop the written items, keep the rest of a begun frame as bytes, wake the writer.
+        Written message frames count as delivered; `replies` (indexes) do not."""
         items = self._items
         done = written = 0
         for frame in frames:
@@ -222,8 +237,10 @@ class Outbox:
         for _ in range(done):
             items.popleft()
         if sent > written:
-            items[0] = frames[done][sent - written:]
-        self._counters.delivered += done
+            # The rest of a begun reply stays a reply (the writer does not count it).
+            rest = frames[done][sent - written:]
+            items[0] = ControlFrame(rest) if done in replies else rest
+        self._counters.delivered += done - sum(1 for i in replies if i < done)
         if self._room:
             self._room.unpark_all()
         if items and self._writer:
@@ -296,8 +313,7 @@ class Outbox:
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
         self._items.append(item)
-        if self._writer:
-            self._writer.unpark()
+        self.flush()  # a reply goes out now if nothing is in flight: no writer wake
 
     async def take(self, max_items: int) -> list[object]:
         """Wait for queued items and take up to `max_items` of them, oldest first.

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from broker import Gap, Message, Offer, Outbox
+from broker import ControlFrame, Gap, Message, Offer, Outbox
 from broker.codec import PayloadKind
 from broker.metrics import BrokerCounters
 from broker.outbox import Burst
@@ -122,10 +122,28 @@ async def test_an_outbox_holding_more_than_the_burst_writes_its_own_queue_in_ord
     assert sock.written == b"<9><0><1>"
 
 
-async def test_a_flush_stops_at_a_reply_and_leaves_it_to_the_writer() -> None:
+async def test_a_reply_put_on_an_idle_outbox_is_written_at_once_and_not_counted() -> None:
+    sock, counters = FakeSocket(), BrokerCounters()
+    outbox = Outbox(8, render, counters, sock.write)
+    await outbox.put(ControlFrame(b"ok"))
+    outbox.offer(message(0), lone=False)
+    await outbox.put(ControlFrame(b"ok2"))  # behind the queued message, in order
+    assert sock.written == b"ok<0>ok2"
+    assert counters.delivered == 1 and len(outbox) == 0
+
+
+async def test_a_begun_reply_stays_a_reply_for_the_writer() -> None:
+    sock, counters = FakeSocket(room=3), BrokerCounters()
+    outbox = Outbox(8, render, counters, sock.write)
+    await outbox.put(ControlFrame(b"hello"))
+    assert sock.written == b"hel" and counters.delivered == 0
+    assert await outbox.take(10) == [ControlFrame(b"lo")]
+
+
+async def test_a_flush_stops_at_a_close_marker_and_leaves_it_to_the_writer() -> None:
     sock = FakeSocket()
     outbox = Outbox(8, render, BrokerCounters(), sock.write)
-    reply = object()  # a connection's reply (a ControlFrame in the gateway)
+    reply = object()  # e.g. the connection's close marker
     outbox.offer(message(0), lone=False)
     outbox.offer_control(reply)
     outbox.offer(message(1), lone=False)
