@@ -60,6 +60,17 @@ class Reply(Generic[R]):
             self._error = error
             self._event.set()
 
+    def result(self) -> R:
+        """The answer given (raising the exception given to `fail`); only once `answered`."""
+        assert self._event.is_set(), "no answer yet"
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    async def wait_answered(self) -> None:
+        """Wait until answered (or the caller's deadline); raises nothing of the answer's."""
+        await self._event.wait()
+
     async def wait(self) -> R:
         """Wait for the answer; re-raises the exception given to `fail`."""
         await self._event.wait()

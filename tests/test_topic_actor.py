@@ -266,6 +266,33 @@ async def test_drop_oldest_topic_keeps_a_stalled_subscriber_and_reports_the_gap(
         assert broker.counters.dropped == 7
 
 
+async def test_a_bulk_batch_the_topic_cannot_finish_in_time_is_refused_per_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """publish_many: what the topic answered by the deadline has offsets; the rest is
+    refused (topic_busy) and withdrawn, so it is never published later."""
+    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5,
+                        topic_defaults=TopicSettings(mailbox_size=3))
+    async with open_broker(settings) as broker:
+        await broker.publish("t", broker.payload(b"seed", None))
+        resume = trio.Event()
+        await broker.pause_topic("t", resume)  # the topic takes nothing until resumed
+        batch = [("t", broker.payload(b"%d" % n, None)) for n in range(5)]
+        batch.insert(2, ("u", broker.payload(b"other", None)))
+        started = trio.current_time()
+        results = await broker.publish_many(batch)
+        assert trio.current_time() - started == pytest.approx(0.5)
+        # Three fit the paused topic's mailbox but were not answered; two found no room.
+        assert [type(r).__name__ for r in results] == (
+            ["TopicBusy"] * 2 + ["int"] + ["TopicBusy"] * 3
+        )
+        assert results[2] == 0  # the other topic was not held up
+        resume.set()
+        await broker.flush()
+        # None of the refused was published later.
+        assert [m.data for m in (await broker.history("t", 0, 10)).messages] == [b"seed"]
+
+
 async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
