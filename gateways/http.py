@@ -1,5 +1,8 @@
 """The HTTP gateway: a quart-trio app served by hypercorn's trio worker.
 
+The two publish requests are answered in front of it by `publish_route.PublishRoute`;
+this app serves the rest (listings, history, health, metrics) and the error handlers.
+
 Every error is JSON `{"error": {"code", "message"}}`, with the status from
 `gateways/errors.py`. Bodies are read with the size limit applied by Quart
 (`MAX_CONTENT_LENGTH`), so an oversized body is refused without being buffered whole.
@@ -19,10 +22,7 @@ from broker import (
     Broker,
     BrokerError,
     InvalidPayload,
-    PayloadTooLarge,
-    UnsupportedContentType,
     codec,
-    validate_topic,
 )
 from broker.topic import TopicStatistics
 
@@ -85,50 +85,6 @@ def create_app(broker: Broker, ready: Any) -> QuartTrio:
         status = error.code or 500
         code = HTTP_CODES.get(status, "http_error")
         return _json(error_body(code, error.description or error.name), status)
-
-    @app.post("/v1/topics/<topic>")
-    async def publish(topic: str) -> Response:
-        validate_topic(topic)
-        length = request.content_length
-        if length is not None and length > settings.max_payload_bytes:
-            raise PayloadTooLarge(
-                f"payload is {length} bytes; the limit is {settings.max_payload_bytes}"
-            )
-        data = await request.get_data(cache=False)
-        payload = broker.payload(data, request.headers.get("Content-Type"))
-        offset = await broker.publish(topic, payload)
-        return _json({"topic": topic, "offset": offset}, 202)
-
-    @app.post("/v1/publish")
-    async def publish_many() -> Response:
-        kind = codec.payload_kind(request.headers.get("Content-Type"))
-        if kind not in (codec.PayloadKind.JSON, codec.PayloadKind.CBOR):
-            raise UnsupportedContentType(
-                "bulk publish takes application/json or application/cbor bodies"
-            )
-        body = await request.get_data(cache=False)
-        try:
-            document = (
-                orjson.loads(body) if kind is codec.PayloadKind.JSON
-                else codec.load_cbor_item(body)
-            )
-        except Exception as exc:
-            raise InvalidPayload(f"body is not valid {kind.name}: {exc}") from exc
-        batch = codec.decode_batch(document, kind, settings.max_payload_bytes)
-        outcomes = await broker.publish_many(batch)
-        results: list[dict[str, Any]] = []
-        first_error: BrokerError | None = None
-        for (topic, _), outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, BrokerError):
-                first_error = first_error or outcome
-                results.append({"topic": topic, **error_body(outcome.code, outcome.message)})
-            else:
-                results.append({"topic": topic, "offset": outcome})
-        if first_error is None:
-            return _json({"results": results}, 202)
-        # Some messages were refused (backpressure): say which, so only those are retried.
-        body = {**error_body(first_error.code, first_error.message), "results": results}
-        return _json(body, http_status(first_error))
 
     @app.get("/v1/topics")
     async def list_topics() -> Response:

@@ -1,11 +1,11 @@
-"""`PublishRoute`: `POST /v1/topics/{topic}` as a bare ASGI route in front of the Quart app.
+"""`PublishRoute`: the two publish requests as bare ASGI in front of the Quart app.
 
-The single publish is the broker's hottest HTTP path, and Quart's per-request machinery
-(request and response objects, contexts, routing, hooks) cost more server CPU than the
-publish itself. This route speaks ASGI directly and answers exactly as the Quart route
-did (same statuses, JSON bodies and `Retry-After`); every other request, and anything
-that is not a plain topic name, goes to the Quart app unchanged.
-(Guarded by `python -m benchmarks.quick --scenarios single`.)
+`POST /v1/topics/{topic}` and `POST /v1/publish` are the broker's hottest HTTP paths, and
+Quart's per-request machinery (request and response objects, contexts, routing, hooks)
+cost more server CPU than the publishing itself. This route speaks ASGI directly and
+answers exactly as the Quart routes did (same statuses, JSON bodies, `Retry-After`);
+every other request, and any path that is not a plain topic name, goes to the Quart app.
+(Guarded by `python -m benchmarks single bulk`.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from typing import Any
 
 import orjson
 
-from broker import Broker, BrokerError, PayloadTooLarge, validate_topic
+from broker import (
+    Broker,
+    BrokerError,
+    InvalidPayload,
+    PayloadTooLarge,
+    UnsupportedContentType,
+    codec,
+    validate_topic,
+)
 
 from .errors import RETRY_AFTER, error_body, http_status
 
@@ -26,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PREFIX = "/v1/topics/"
+BULK = "/v1/publish"
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -48,16 +57,60 @@ class PublishRoute:
                 if topic and "/" not in topic:
                     await self._publish(topic, scope, receive, send)
                     return
+            elif path == BULK:
+                await self._publish_many(scope, receive, send)
+                return
         await self._app(scope, receive, send)
 
+    async def _publish_many(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """`POST /v1/publish`: validate the whole batch, publish it, answer per message."""
+        content_type, length = _content_headers(scope)
+        try:
+            kind = codec.payload_kind(content_type)
+            if kind not in (codec.PayloadKind.JSON, codec.PayloadKind.CBOR):
+                raise UnsupportedContentType(
+                    "bulk publish takes application/json or application/cbor bodies"
+                )
+            if length is not None and length > self._read_limit:
+                raise PayloadTooLarge(
+                    f"body is {length} bytes; the limit is {self._read_limit}"
+                )
+            body = await self._body(receive)
+            if body is None:
+                return
+            try:
+                document = (
+                    orjson.loads(body) if kind is codec.PayloadKind.JSON
+                    else codec.load_cbor_item(body)
+                )
+            except Exception as exc:
+                raise InvalidPayload(f"body is not valid {kind.name}: {exc}") from exc
+            batch = codec.decode_batch(document, kind, self._limit)
+            outcomes = await self._broker.publish_many(batch)
+        except BrokerError as error:
+            await _respond(send, http_status(error), error_body(error.code, error.message),
+                           RETRY_AFTER.get(error.code))
+            return
+        results: list[dict[str, Any]] = []
+        first_error: BrokerError | None = None
+        for (topic, _), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BrokerError):
+                first_error = first_error or outcome
+                results.append({"topic": topic, **error_body(outcome.code, outcome.message)})
+            else:
+                results.append({"topic": topic, "offset": outcome})
+        if first_error is None:
+            await _respond(send, 202, {"results": results})
+            return
+        # Some messages were refused (backpressure): say which, so only those are retried.
+        await _respond(
+            send, http_status(first_error),
+            {**error_body(first_error.code, first_error.message), "results": results},
+            RETRY_AFTER.get(first_error.code),
+        )
+
     async def _publish(self, topic: str, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type: str | None = None
-        length: int | None = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-length" and value.isdigit():
-                length = int(value)
+        content_type, length = _content_headers(scope)
         try:
             if length is not None and length > self._read_limit:
                 raise PayloadTooLarge(f"payload is {length} bytes; the limit is {self._limit}")
@@ -94,6 +147,18 @@ class PublishRoute:
                 raise PayloadTooLarge(f"payload is over the limit of {self._limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _content_headers(scope: Scope) -> tuple[str | None, int | None]:
+    """The request's content type and declared length (None where absent)."""
+    content_type: str | None = None
+    length: int | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"content-length" and value.isdigit():
+            length = int(value)
+    return content_type, length
 
 
 async def _respond(send: Send, status: int, body: Any, retry_after: int | None = None) -> None:
