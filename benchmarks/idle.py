@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import select
 import socket
 import sys
@@ -52,7 +51,7 @@ from gateways.wsframe import client_frame
 
 from .baselines import TARGETS
 from .lean import Endpoint, HttpClient, ProtocolError, close_socket, open_socket, send_all
-from .process import BrokerProcess, CpuMeter, pick_cores
+from .process import BrokerProcess, CpuMeter, pick_cores, raise_open_files_limit
 from .stats import percentile
 
 # Files a run needs besides the connections: the publisher's socket, the epoll fd, pipes,
@@ -72,19 +71,6 @@ class FileLimitTooLow(RuntimeError):
 # -- limits and process figures ----------------------------------------------------------
 
 
-def raise_file_limit() -> tuple[int, int]:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit; (soft, hard) after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            pass  # keep the soft limit; the check below says what to do
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft, hard
-
-
 def process_file_limit(pid: int) -> int | None:
     """The soft "Max open files" of process `pid`, or None if unreadable."""
     try:
@@ -100,7 +86,7 @@ def process_file_limit(pid: int) -> int | None:
 def check_file_limit(connections: int, server_pid: int | None = None) -> int:
     """Raise our limit; `FileLimitTooLow` if we or the server cannot hold the connections."""
     need = connections + FILE_MARGIN
-    soft, hard = raise_file_limit()
+    soft, hard = raise_open_files_limit()
     advice = (
         f"run `ulimit -n {need}` (or more) in the shell that starts the benchmark and the "
         f"server; if the hard limit ({hard}) is lower, raise `nofile` in "

@@ -314,28 +314,9 @@ class WsSubscriber:
     async def connect(self) -> None:
         """Open the socket and do the opening handshake; raise `ProtocolError` unless 101."""
         self.sock = sock = await open_socket(self.host, self.port)
-        key = base64.b64encode(os.urandom(16))
-        request = (
-            b"GET %s HTTP/1.1\r\nhost: %s:%d\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
-            b"sec-websocket-key: %s\r\nsec-websocket-version: 13\r\n\r\n"
-            % (self.path.encode(), self.host.encode(), self.port, key)
-        )
-        await send_all(sock, request)
-        buf = bytearray()
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            data = await receive(sock, HTTP_RECEIVE_SIZE)
-            if not data:
-                raise ProtocolError("connection closed during the WebSocket handshake")
-            buf += data
-        head = bytes(buf[:end]).lower()
-        self.handshake_status = int(head[9:12]) if len(head) >= 12 else None
-        if self.handshake_status != 101:
-            raise ProtocolError(f"handshake answered {bytes(buf[:300])!r}")
-        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).lower()
-        if b"sec-websocket-accept: " + accept not in head:
-            raise ProtocolError("bad Sec-WebSocket-Accept")
-        early = buf[end + 4 :]  # frames the server sent right after its answer
-        self._buf[: len(early)] = early
+        early = await ws_handshake(sock, self.host, self.port, self.path)
+        self.handshake_status = 101
+        self._buf[: len(early)] = early  # frames the server sent right after its answer
         self._end = len(early)
         self._walk()
 
@@ -564,8 +545,8 @@ class SubscriberGroup:
 
 
 async def ws_handshake(sock: socket.socket, host: str, port: int, path: str) -> bytes:
-    """The client's opening handshake on a connected socket, made by hand (the same request
-    as `WsSubscriber.connect`); returns the bytes the server sent after its 101 answer.
+    """The client's opening handshake on a connected socket, made by hand; returns the
+    bytes the server sent after its 101 answer.
     Raises `ProtocolError` unless the server accepts with the right Sec-WebSocket-Accept."""
     key = base64.b64encode(os.urandom(16))
     await send_all(sock, b"GET %s HTTP/1.1\r\nhost: %s:%d\r\nupgrade: websocket\r\n"

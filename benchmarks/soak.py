@@ -90,6 +90,7 @@ from .process import (
     own_cpu_seconds,
     pick_cores,
     proc_cpu_seconds,
+    rss_bytes,
 )
 from .quick import NET_ERRORS
 
@@ -299,19 +300,6 @@ def parse_metrics(text: bytes) -> dict[str, float]:
     return values
 
 
-def rss_from_proc(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmRSS:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 @dataclass
 class Sample:
     t: float
@@ -399,7 +387,7 @@ class Soak:
         if not values:
             self.scrape_failures += 1
         gen_cpu, broker_cpu = own_cpu_seconds(), proc_cpu_seconds(self.broker_pid)
-        rss = values.get("process_resident_memory_bytes", rss_from_proc(self.broker_pid))
+        rss = values.get("process_resident_memory_bytes", rss_bytes(self.broker_pid))
         return Sample(
             t, rss, values.get("broker_tasks"), values.get("broker_connections"),
             values.get("broker_messages_published_total"),
