@@ -113,9 +113,9 @@ class TopicActor:
         """Serve requests until retired. Restartable: state is kept across calls.
 
         Everything already queued is handled before yielding (up to `TURN_REQUESTS`), so
-        messages that arrive together are forwarded together and each subscriber's writer
-        wakes to a batch it writes with one send_all, not to one frame at a time
-        (guarded by `python -m benchmarks.quick`, scenario fanout-bulk).
+        messages that arrive together are forwarded together as a burst, and at the end of
+        the turn each subscriber's outbox writes the burst at once, one write each, not one
+        per frame (guarded by `python -m benchmarks fanout` and `benchmarks.forward_cpu`).
         """
         task_status.started(self.address)
         receive_nowait = self._mailbox.receive_nowait

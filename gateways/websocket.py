@@ -446,7 +446,7 @@ def _protocol_reason_for(code: int | None) -> CloseReason:
 
 
 def _nonblocking_writer(stream: trio.abc.Stream) -> Callable[[bytes], int] | None:
-    """`os.write` on the socket's (non-blocking) fd: the outbox's lone-frame fast path.
+    """`os.write` on the socket's (non-blocking) fd: the outbox's write-now path (`flush`).
 
     Only used while no send_all is in progress, and never after the outbox is closed,
     which happens before the socket is.
