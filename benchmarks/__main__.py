@@ -130,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     text = report.markdown(doc)
     md_path = json_path.with_suffix(".md")
     md_path.write_text(text)
-    pngs = report.plot(doc, args.out, json_path.stem)
+    try:
+        plots = ", ".join(str(p) for p in report.plot(doc, args.out, json_path.stem))
+    except ImportError:  # matplotlib comes with the `bench` (and `test`) extra
+        plots = "none: pip install -e '.[bench]' for the PNG plots"
     print(text)
-    print(f"results: {json_path}\nreport:  {md_path}\nplots:   "
-          + ", ".join(str(p) for p in pngs))
+    print(f"results: {json_path}\nreport:  {md_path}\nplots:   {plots}")
     code = 1 if targets.get("broker", {}).get("problems") else 0
     if old is not None:
         code = max(code, report_changes(old, doc, args))
