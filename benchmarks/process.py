@@ -247,3 +247,15 @@ class BrokerProcess:
         else:
             Path(self.stderr_path).unlink(missing_ok=True)
         return report
+
+
+def stop_problems(report: dict[str, Any], who: str = "broker") -> list[str]:
+    """What a `BrokerProcess.stop()` report says went wrong with the exit itself."""
+    problems = []
+    if report.get("hung_on_sigterm"):
+        problems.append(f"{who} did not exit within 15 s of SIGTERM (killed)")
+    elif report.get("exit_code") not in (0, None):
+        problems.append(f"{who} exit code {report['exit_code']} after SIGTERM")
+    if report.get("exited_early"):
+        problems.append(f"{who} exited before it was stopped")
+    return problems

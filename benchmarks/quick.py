@@ -46,7 +46,7 @@ from .lean import Endpoint, HttpClient, ProtocolError, SubscriberGroup, WsSubscr
 # READY_LINE and REPO are re-exported: benchmarks.idle imports them from here.
 from .process import READY_LINE as READY_LINE
 from .process import REPO as REPO
-from .process import BrokerProcess, CpuMeter, git_commit, pick_cores
+from .process import BrokerProcess, CpuMeter, git_commit, pick_cores, stop_problems
 
 SMALL_BODY = b'{"event":"bench","seq":1,"source":"benchmarks.quick","ok":true}'
 WARMUP_REQUESTS = 200
@@ -447,12 +447,7 @@ def problems_of(results: dict[str, list[dict[str, Any]]], broker: dict[str, Any]
                 )
             if r.get("errors"):
                 problems.append(f"{where}: {r['errors']}")
-    if broker.get("hung_on_sigterm"):
-        problems.append("broker did not exit within 15 s of SIGTERM (killed)")
-    elif broker.get("exit_code") not in (0, None):
-        problems.append(f"broker exit code {broker['exit_code']} after SIGTERM")
-    if broker.get("exited_early"):
-        problems.append("broker exited before it was stopped")
+    problems += stop_problems(broker)
     if broker.get("stderr_problem_count"):
         problems.append(
             f"broker stderr has {broker['stderr_problem_count']} warning/error lines "

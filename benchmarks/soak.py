@@ -91,6 +91,7 @@ from .process import (
     pick_cores,
     proc_cpu_seconds,
     rss_bytes,
+    stop_problems,
 )
 from .quick import NET_ERRORS
 
@@ -1069,12 +1070,7 @@ def report(soak: Soak, broker: dict[str, Any], meta: dict[str, Any]) -> list[str
         elif broker.get("stderr_log") and broker.get("exit_code") == 0:
             # BrokerProcess keeps the log for any "slow consumer" line; that one is ours.
             os.unlink(broker["stderr_log"])
-        if broker.get("hung_on_sigterm"):
-            problems.append("broker did not exit within 15 s of SIGTERM (killed)")
-        elif broker.get("exit_code") != 0:
-            problems.append(f"broker exit code {broker.get('exit_code')} after SIGTERM")
-        if broker.get("exited_early"):
-            problems.append("broker exited before it was stopped")
+        problems += stop_problems(broker)
     return problems
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from .lean import Endpoint
-from .process import BROKER_ARGV, BrokerProcess, proc_cpu_seconds, rss_bytes
+from .process import BROKER_ARGV, BrokerProcess, proc_cpu_seconds, rss_bytes, stop_problems
 from .progress import ProgressReporter
 from .results import case_entry
 from .scenarios import SCENARIOS, ScenarioContext, Sizes
@@ -99,12 +99,7 @@ def problems_of(cases: dict[str, list[dict[str, Any]]], server: dict[str, Any]) 
                                 f"{figures.get('expected')}")
             if figures.get("errors"):
                 problems.append(f"{where}: {figures['errors'][:3]}")
-    if server.get("hung_on_sigterm"):
-        problems.append("server did not exit within 15 s of SIGTERM (killed)")
-    elif server.get("exit_code") not in (0, None):
-        problems.append(f"server exit code {server['exit_code']} after SIGTERM")
-    if server.get("exited_early"):
-        problems.append("server exited before it was stopped")
+    problems += stop_problems(server, "server")
     if server.get("stderr_problem_count"):
         problems.append(f"server stderr has {server['stderr_problem_count']} warning/error "
                         f"lines ({server.get('stderr_log')}), e.g. "
