@@ -179,13 +179,17 @@ class Broker:
         )
 
     async def _answer_by(self, reply: Reply[int], deadline: float, topic: str) -> int:
-        """The offset, if the topic assigns one by `deadline`; else the publish is withdrawn
-        (the topic will skip it) and `TopicBusy` raised: a 503 always means not accepted."""
+        """The offset, if the topic assigns one by `deadline`; else see `_outcome`."""
         with trio.move_on_at(deadline):
-            return await reply.wait()
-        if reply.cancel():
+            await reply.wait_answered()
+        return self._outcome(reply, topic)
+
+    def _outcome(self, reply: Reply[int], topic: str) -> int:
+        """The answer, or if none came in time the publish is withdrawn (the topic will
+        skip it) and `TopicBusy` raised: a 503 always means not accepted."""
+        if not reply.answered and reply.cancel():
             raise self._busy(topic)
-        return await reply.wait()  # answered in the same instant: it was accepted
+        return reply.result()
 
     async def publish_many(
         self, batch: list[tuple[str, Payload]]
@@ -235,11 +239,8 @@ class Broker:
             with trio.move_on_at(deadline):
                 await replies[-1][1].wait_answered()
             for index, reply in replies:
-                if not reply.answered and reply.cancel():
-                    results[index] = self._busy(topic)  # withdrawn: not accepted
-                    continue
                 try:
-                    results[index] = reply.result()
+                    results[index] = self._outcome(reply, topic)
                 except BrokerError as exc:
                     results[index] = exc
 

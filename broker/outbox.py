@@ -173,12 +173,8 @@ class Outbox:
             and items[0] is burst.first and items[-1] is burst.last
         ):
             data = burst.joined(self._render)
-            try:
-                sent = write_now(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.close()
+            sent = self._write(write_now, data)
+            if sent is None:
                 return
             if sent == len(data):
                 items.clear()
@@ -190,7 +186,7 @@ class Outbox:
             self._keep_unsent([m.rendered(self._render) for m in burst.messages], sent)
             return
         frames: list[bytes] = []
-        replies: set[int] = set()  # indexes of frames that are not messages (not counted)
+        replies: set[int] | None = None  # indexes of frames that are replies (not counted)
         size = 0
         for item in items:
             kind = type(item)
@@ -199,6 +195,8 @@ class Outbox:
             elif kind is bytes:  # the rest of a frame an earlier flush began
                 frame = item  # type: ignore[assignment]
             elif kind is ControlFrame:  # a reply: written in line, no writer wake
+                if replies is None:
+                    replies = set()
                 replies.add(len(frames))
                 frame = item.data  # type: ignore[attr-defined]
             else:
@@ -208,18 +206,23 @@ class Outbox:
             if size >= FLUSH_MAX_BYTES:
                 break
         if frames:
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            try:
-                sent = write_now(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.close()  # the peer is gone; the connection's reader will see it too
-                return
-            self._keep_unsent(frames, sent, replies)
+            sent = self._write(write_now, frames[0] if len(frames) == 1 else b"".join(frames))
+            if sent is not None:
+                self._keep_unsent(frames, sent, replies or frozenset())
             return
         if self._writer:
             self._writer.unpark()
+
+    def _write(self, write_now: Callable[[bytes], int], data: bytes) -> int | None:
+        """Bytes the kernel took now (0 if its buffer is full); None if the peer is gone,
+        and then the outbox is closed (the connection's reader will see it too)."""
+        try:
+            return write_now(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.close()
+            return None
 
     def _keep_unsent(
         self, frames: list[bytes], sent: int, replies: AbstractSet[int] = frozenset()
