@@ -24,6 +24,9 @@ from broker import (
 from broker.metrics import BrokerCounters
 
 PAYLOAD_SETTINGS = Settings(topic_idle_seconds=0)
+# `block` topics with a one-slot mailbox: backpressure reaches publishers at once.
+BLOCKING = Settings(topic_idle_seconds=0, publish_timeout=0.5, topic_defaults=TopicSettings(
+    slow_consumer_policy=SlowConsumerPolicy.BLOCK, mailbox_size=1))
 
 
 class FakeConnection:
@@ -296,8 +299,7 @@ async def test_a_bulk_batch_the_topic_cannot_finish_in_time_is_refused_per_messa
 async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5, topic_defaults=TopicSettings(
-        slow_consumer_policy=SlowConsumerPolicy.BLOCK, mailbox_size=1))
+    settings = BLOCKING
     render, _ = counting_render()
     async with open_broker(settings) as broker:
         slow, fast = FakeConnection(1, 2, render), FakeConnection(2, 100, render)
@@ -330,8 +332,7 @@ async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
 async def test_a_topic_stalled_under_block_does_not_freeze_wildcard_subscribes_elsewhere(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5, topic_defaults=TopicSettings(
-        slow_consumer_policy=SlowConsumerPolicy.BLOCK, mailbox_size=1))
+    settings = BLOCKING
     render, _ = counting_render()
     async with open_broker(settings) as broker:
         stalled = FakeConnection(1, 1, render, broker.counters)
