@@ -2,13 +2,15 @@
 
     serve
     ├── open_broker (actors)
+    ├── the Quart app's lifespan (through the ASGI bridge)
     ├── connections nursery (one task group per WebSocket)
     └── listeners nursery
         ├── WebSocket listener (its own cancel scope: stops accepting first)
-        └── hypercorn serving the quart-trio app
+        └── HttpServer: publishes answered by PublishRoute, the rest by the Quart app
 
 Drain (on `stop`): readiness turns 503 and publishes are refused; both listeners stop
-accepting (hypercorn finishes in-flight requests, concurrently with the rest); publishes
+accepting (the HTTP server closes idle keep-alive connections and finishes requests in
+flight, concurrently with the rest); publishes
 already in flight get their offsets; topics process what is already in their mailboxes;
 every WebSocket gets its queued frames and then a 1001 close. Each step is bounded by
 `drain_seconds`; past it the rest is cancelled.
@@ -18,15 +20,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from broker import Broker, Settings, open_broker
 
+from .asgi_bridge import AsgiBridge
 from .http import create_app
+from .http_server import Handler, HttpRequest, HttpResponse, HttpServer
 from .publish_route import PublishRoute
 from .websocket import PATH, serve_websocket
 
@@ -61,21 +62,20 @@ def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# hypercorn's default. It also bounds how long a connection that never sends a complete
-# request holds its socket and tasks (75 s here let dropped connections pile up), and how
-# long an idle keep-alive connection that the client closed keeps its two tasks: hypercorn
-# ends those on its idle timer, not on the client's FIN.
+# Seconds an idle keep-alive HTTP connection is kept (and the most a client may pause in
+# the middle of a request). hypercorn's default, which the HTTP client's reconnect-on-idle
+# rule was written against.
 KEEP_ALIVE_SECONDS = 5.0
 
 
-def _hypercorn_config(settings: Settings) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"{_host_for_url(settings.host)}:{settings.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup
-    config.graceful_timeout = settings.drain_seconds
-    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
-    return config
+def _http_handler(publish: PublishRoute, app: AsgiBridge) -> Handler:
+    """Publishes first (the hot path), everything else by the Quart app."""
+
+    async def handle(request: HttpRequest) -> HttpResponse:
+        answer = await publish(request)
+        return answer if answer is not None else await app(request)
+
+    return handle
 
 
 async def serve(
@@ -88,31 +88,33 @@ async def serve(
     async with open_broker(settings) as broker:
         ready = False
         closing = trio.Event()
-        app = PublishRoute(broker, create_app(broker, lambda: ready and not broker.draining))
+        app = AsgiBridge(create_app(broker, lambda: ready and not broker.draining))
+        http_server = HttpServer(
+            _http_handler(PublishRoute(broker), app),
+            max_body=max(settings.max_body_bytes, settings.max_payload_bytes),
+            keep_alive=KEEP_ALIVE_SECONDS,
+        )
         ws_listener = trio.CancelScope()
 
         async def run_ws_listener(*, task_status: trio.TaskStatus[int]) -> None:
             with ws_listener:
                 await serve_websocket(broker, closing, connections, task_status=task_status)
 
-        async with trio.open_nursery() as connections, trio.open_nursery() as listeners:
+        http_listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+        port = http_listeners[0].socket.getsockname()[1]
+        async with app.lifespan(), trio.open_nursery() as connections, \
+                trio.open_nursery() as listeners:
             ws_port = await listeners.start(run_ws_listener)
-            binds = await listeners.start(
-                partial(
-                    hypercorn_serve, app, _hypercorn_config(settings),
-                    shutdown_trigger=stop.wait,
-                )
-            )
-            port = int(binds[0].rsplit(":", 1)[1])
+            await listeners.start(http_server.serve, http_listeners)
             ready = True
             task_status.started(Addresses(settings.host, port, ws_port, broker))
             await stop.wait()
             log.info("draining: no new connections or publishes")
             broker.begin_drain()
             ws_listener.cancel()
+            http_server.drain()
             deadline = trio.current_time() + settings.drain_seconds
-            # hypercorn drains on its own (it also waits for idle keep-alive clients,
-            # which must not hold back the WebSockets), bounded by the same deadline.
+            # Requests in flight finish concurrently with the rest, by the same deadline.
             listeners.cancel_scope.deadline = deadline
             with trio.move_on_at(deadline):
                 await broker.wait_settled()  # publishes in flight got their offsets
