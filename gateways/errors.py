@@ -51,7 +51,10 @@ HTTP_CODES: dict[int, str] = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_content_type",
+    431: "headers_too_large",
     500: "internal",
+    501: "not_implemented",
+    505: "http_version_not_supported",
 }
 
 
