@@ -1,4 +1,4 @@
-"""The HTTP gateway: a quart-trio app served by hypercorn's trio worker.
+"""The HTTP gateway's app: quart-trio, behind our HTTP server (`http_server`, `asgi_bridge`).
 
 The two publish requests are answered in front of it by `publish_route.PublishRoute`;
 this app serves the rest (listings, history, health, metrics) and the error handlers.

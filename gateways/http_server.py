@@ -114,7 +114,7 @@ class HttpServer:
                     request = await self._read_request(stream, buffer, client, server)
                 except HttpError as error:
                     await stream.send_all(_encode(error_response(error.status, error.message),
-                                                  close=True))
+                                                  None, close=True))
                     await _linger(stream)
                     return
                 keep_alive = request.head.keep_alive and not self.draining
@@ -126,9 +126,7 @@ class HttpServer:
                     response = error_response(500, "internal error", "internal")
                     keep_alive = False
                 keep_alive = keep_alive and not self.draining
-                await stream.send_all(
-                    _encode(response, close=not keep_alive, head_only=request.head.method == "HEAD")
-                )
+                await stream.send_all(_encode(response, request.head, close=not keep_alive))
                 if not keep_alive:
                     return
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -205,10 +203,20 @@ async def _linger(stream: trio.SocketStream) -> None:
             discarded += len(data)
 
 
-def _encode(response: HttpResponse, *, close: bool, head_only: bool = False) -> bytes:
+_KEEP_ALIVE_10 = ((b"connection", b"keep-alive"),)
+
+
+def _encode(response: HttpResponse, request: RequestHead | None, *, close: bool) -> bytes:
+    """The response's bytes (no body for HEAD; an HTTP/1.0 client is told it may keep
+    the connection, which it otherwise assumes is closed)."""
+    headers = response.headers
+    if not close and request is not None and not request.http_11:
+        headers = headers + _KEEP_ALIVE_10
     head = response_head(response.status, response.content_type, len(response.body),
-                         response.headers, close)
-    return head if head_only else head + response.body
+                         headers, close)
+    if request is not None and request.method == "HEAD":
+        return head
+    return head + response.body
 
 
 def _address(stream: trio.SocketStream, which: str) -> tuple[str, int] | None:

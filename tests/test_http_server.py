@@ -241,3 +241,19 @@ async def test_a_chunked_publish_within_the_limit_is_accepted(
     _, body = await read_response(stream, bytearray())
     assert [m["data"] for m in orjson.loads(body)["messages"]] == [{"a": 1}]
     await stream.aclose()
+
+
+async def test_http_10_closes_unless_asked_to_keep_alive(nursery: trio.Nursery) -> None:
+    _, port = await start_server(nursery)
+    kept = await trio.open_tcp_stream("127.0.0.1", port)
+    buffer = bytearray()
+    for _ in range(2):  # the second request proves the connection stayed open
+        await kept.send_all(b"GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        head, _ = await read_response(kept, buffer)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: keep-alive" in head
+    await kept.aclose()
+    plain = await trio.open_tcp_stream("127.0.0.1", port)
+    await plain.send_all(b"GET /p HTTP/1.0\r\n\r\n")
+    head, _ = await read_response(plain, bytearray())
+    assert b"connection: close" in head
+    await assert_closed(plain)
