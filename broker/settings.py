@@ -38,6 +38,10 @@ class TopicSettings:
     # `disconnect` only: seconds a subscriber's outbox may stay over `outbox_size` (its
     # writer taking nothing) before 4008; meanwhile it holds up to 2 x outbox_size frames.
     slow_consumer_grace: float = 2.0
+    # Under sustained traffic (a message arriving within this many seconds of the topic's
+    # last write), hold subscribers' writes up to this long to send several messages per
+    # write; a topic that was quiet writes at once. 0 writes every message at once.
+    flush_delay: float = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +212,5 @@ def _check(settings: Settings) -> None:
             raise SettingsError("topic mailbox_size must be >= 1 and history limits >= 0")
         if topic.slow_consumer_grace < 0:
             raise SettingsError("topic slow_consumer_grace must be >= 0 seconds")
+        if not 0 <= topic.flush_delay <= 1:
+            raise SettingsError("topic flush_delay must be between 0 and 1 second")

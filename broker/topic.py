@@ -105,6 +105,10 @@ class TopicActor:
         # Messages forwarded this turn as a burst (lone=False): outboxes hold them until
         # the end of the turn, when `_flush` has each write them at once.
         self._burst: list[Message] = []
+        # Adaptive batching (`TopicSettings.flush_delay`): when the last write was recent,
+        # a burst is held open until `_hold_until` for more messages to join it.
+        self._last_write = -float("inf")
+        self._hold_until: float | None = None
         self.retired = False
 
     # -- the actor loop ------------------------------------------------------------------
@@ -138,7 +142,7 @@ class TopicActor:
                     try:
                         request = receive_nowait()
                     except trio.WouldBlock:
-                        request = None
+                        request = await self._held_request() if self._burst else None
                 self._flush()  # the turn is over: each outbox writes its burst at once
         finally:
             self._flush()  # even after a crash, nothing forwarded is left unsent
@@ -146,11 +150,22 @@ class TopicActor:
     def _flush(self) -> None:
         """End of a burst: every subscriber's outbox writes what it holds (one write each,
         the burst's frames joined once per wire format)."""
+        self._hold_until = None
         if self._burst:
             burst = Burst(self._burst)
             self._burst = []
             for subscription in self._subscriptions.values():
                 subscription.subscriber.outbox.flush(burst)
+            self._last_write = trio.current_time()
+
+    async def _held_request(self) -> TopicRequest | None:
+        """A held burst (see `_forward`) waits for the next request until its deadline;
+        None when the deadline passes first (time to write)."""
+        if self._hold_until is None:
+            return None
+        with trio.move_on_at(self._hold_until):
+            return await self._mailbox.receive()
+        return None
 
     def _handle_or_fail(self, request: TopicRequest) -> None:
         try:
@@ -222,6 +237,7 @@ class TopicActor:
                     )
                 )
             case Flush(reply):
+                self._flush()  # the asker expects everything before it written, not held
                 reply.send(None)
             case Crash(error):
                 raise RuntimeError(error)
@@ -238,7 +254,19 @@ class TopicActor:
         gone: list[int] = []
         blocked: list[Subscriber] = []
         # More right behind (or a burst already open): queue, and flush at the turn's end.
-        lone = not self._mailbox.depth and not self._burst
+        # Under sustained traffic, hold the burst open for `flush_delay` (adaptive
+        # batching: one write per subscriber for several messages, not one each).
+        if self._burst:
+            lone = False
+        else:
+            delay = self.settings.flush_delay
+            now = trio.current_time() if delay else 0.0
+            if delay and now - self._last_write < delay:
+                self._hold_until = now + delay
+                lone = False
+            else:
+                lone = not self._mailbox.depth
+                self._last_write = now
         if not lone:
             self._burst.append(message)
         for subscriber_id, subscription in self._subscriptions.items():

@@ -388,3 +388,81 @@ async def test_a_closed_connection_is_forgotten_even_when_its_unsubscribe_cannot
         gauges = await broker.gauges()
         assert (gauges.subscriptions, gauges.closed_subscriptions) == (1, 0)
         assert {t.name for t in await broker.topics()} == {"t"}  # w.x retired, t kept
+
+
+class RecordingSocket:
+    """A subscriber's non-blocking socket that takes everything: the time and bytes of
+    each write, i.e. of each syscall the outbox would make."""
+
+    def __init__(self, connection_id: int, render: Callable[[Message], bytes]) -> None:
+        self.writes: list[tuple[float, bytes]] = []
+        self.outbox = Outbox(100, render, BrokerCounters(), self._write)
+        self.subscriber = Subscriber(connection_id, "rec", self.outbox, lambda _: None)
+
+    def _write(self, data: bytes) -> int:
+        self.writes.append((trio.current_time(), bytes(data)))
+        return len(data)
+
+
+def batching(delay: float) -> Settings:
+    return Settings(topic_idle_seconds=0, topic_defaults=TopicSettings(flush_delay=delay))
+
+
+async def test_sustained_publishing_is_written_in_batches_and_a_quiet_topic_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`flush_delay`: a message to a quiet topic is written at once; messages that keep
+    coming within the delay share one write per subscriber, held at most the delay;
+    publishers get their offsets without waiting for the write."""
+    render, _ = counting_render()
+    async with open_broker(batching(0.001)) as broker:
+        sockets = [RecordingSocket(i, render) for i in (1, 2)]
+        for sock in sockets:
+            await broker.subscribe(sock.subscriber, "t")
+        payload = broker.payload(b"x", None)
+        start = trio.current_time()
+        assert await broker.publish("t", payload) == 0
+        await trio.testing.wait_all_tasks_blocked()
+        assert sockets[0].writes == [(start, b"frame-0")]  # quiet: written at once
+        for expected in (1, 2, 3):  # a publisher that publishes flat out
+            assert await broker.publish("t", payload) == expected
+            await trio.sleep(0.0002)
+        assert len(sockets[0].writes) == 1  # the three are held, their offsets known
+        await trio.sleep(0.002)
+        for sock in sockets:
+            assert [data for _, data in sock.writes] == [b"frame-0", b"frame-1frame-2frame-3"]
+            assert sock.writes[1][0] - start == pytest.approx(0.001)  # held for the delay
+        await trio.sleep(1)  # quiet again
+        quiet = trio.current_time()
+        await broker.publish("t", payload)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sockets[0].writes[-1] == (quiet, b"frame-4")
+
+
+async def test_with_no_flush_delay_every_message_is_written_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    render, _ = counting_render()
+    async with open_broker(batching(0)) as broker:
+        sock = RecordingSocket(1, render)
+        await broker.subscribe(sock.subscriber, "t")
+        for _ in range(4):
+            await broker.publish("t", broker.payload(b"x", None))
+            await trio.sleep(0.0002)
+        assert [data for _, data in sock.writes] == [b"frame-%d" % n for n in range(4)]
+
+
+async def test_a_flush_request_writes_a_held_burst_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`broker.flush()` (drain uses it) must not return while a burst is held."""
+    render, _ = counting_render()
+    async with open_broker(batching(0.5)) as broker:
+        sock = RecordingSocket(1, render)
+        await broker.subscribe(sock.subscriber, "t")
+        for _ in range(3):
+            await broker.publish("t", broker.payload(b"x", None))
+        before = trio.current_time()
+        await broker.flush()
+        assert trio.current_time() - before < 0.5
+        assert b"".join(data for _, data in sock.writes) == b"frame-0frame-1frame-2"
