@@ -266,7 +266,6 @@ class TopicActor:
                 lone = False
             else:
                 lone = not self._mailbox.depth
-                self._last_write = now
         if not lone:
             self._burst.append(message)
         for subscriber_id, subscription in self._subscriptions.items():
@@ -290,6 +289,8 @@ class TopicActor:
                     gone.append(subscriber_id)
             else:
                 gone.append(subscriber_id)  # the connection has gone; forget it
+        if lone and self.settings.flush_delay:
+            self._last_write = trio.current_time()  # when the writes ended, as in _flush
         self._counters.forwarded += forwarded
         for subscriber_id in gone:
             del self._subscriptions[subscriber_id]
