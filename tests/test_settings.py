@@ -106,6 +106,7 @@ def test_dashes_in_toml_keys_are_accepted(write_config: WriteConfig) -> None:
         '[topics."logs.>"]\n'
         "mailbox-size = 8\n"
         "slow-consumer-grace = 0.25\n"
+        "flush-delay = 0\n"
     )
     settings = load_settings(environ={}, config_path=path)
     assert settings.max_payload_bytes == 2048
@@ -115,6 +116,8 @@ def test_dashes_in_toml_keys_are_accepted(write_config: WriteConfig) -> None:
     assert settings.for_topic("logs.app").mailbox_size == 8
     assert settings.for_topic("logs.app").slow_consumer_grace == 0.25
     assert settings.topic_defaults.slow_consumer_grace == 2.0
+    assert settings.for_topic("logs.app").flush_delay == 0
+    assert settings.topic_defaults.flush_delay == 0.001
 
 
 @pytest.mark.parametrize(
@@ -125,6 +128,8 @@ def test_dashes_in_toml_keys_are_accepted(write_config: WriteConfig) -> None:
         "[topics.default]\nhistory_forever = 1\n",
         '[topics."a.>"]\nmailbox = 3\n',
         "[topics.default]\nslow_consumer_grace = -1\n",
+        "[topics.default]\nflush_delay = 2\n",
+        "[topics.default]\nflush_delay = -0.001\n",
     ],
 )
 def test_unknown_toml_keys_raise_settings_error(write_config: WriteConfig, text: str) -> None:
