@@ -2,7 +2,9 @@
 
 Topics call `offer` synchronously and never wait; it answers `ACCEPTED`, `FULL` (the
 topic's slow-consumer policy decides what that means) or `CLOSED`. The connection's writer
-task calls `take` to get everything queued as one batch and writes it with one `send_all`.
+calls `take` to get everything queued as one batch and writes it with one `send_all`. The
+writer is either a task parked in `take`, or (`wake_writer`) a connection's only task,
+which waits on its socket and is called back whenever the writer has work.
 
 Write now, without a task switch: `flush` writes everything queued straight to the
 non-blocking socket through `write_now` (as asyncio transports do) when no write is in
@@ -103,6 +105,7 @@ class Outbox:
         "_over_since",
         "_render",
         "_room",
+        "_wake_writer",
         "_write_now",
         "_writer",
         "_writing",
@@ -114,6 +117,7 @@ class Outbox:
         render: Callable[[Message], bytes],
         counters: BrokerCounters,
         write_now: Callable[[bytes], int] | None = None,
+        wake_writer: Callable[[], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("an outbox needs a capacity of at least 1")
@@ -121,6 +125,9 @@ class Outbox:
         self._render = render
         self._counters = counters
         self._write_now = write_now
+        # For a connection whose writer does not park in `take` (it waits on its socket):
+        # called whenever the writer has something to do.
+        self._wake_writer = wake_writer
         # Message (a frame to render), bytes (the unwritten rest of a fast-path frame),
         # or any other object the connection queues (replies, its close marker).
         self._items: deque[object] = deque()
@@ -129,8 +136,10 @@ class Outbox:
         self._gaps: dict[str, Gap] = {}
         # When the outbox went over capacity with no batch taken since (grace period).
         self._over_since: float | None = None
-        self._writer = ParkingLot()
-        self._room = ParkingLot()
+        # Made on first use: most connections never wait on either, and with thousands of
+        # connections every object counts (CPython's full collections walk them all).
+        self._writer: ParkingLot | None = None
+        self._room: ParkingLot | None = None
 
     # -- the topics' side: synchronous, never waits ----------------------------------------
 
@@ -165,8 +174,7 @@ class Outbox:
             return
         write_now = self._write_now
         if self._writing or write_now is None or self._gaps:
-            if self._writer:
-                self._writer.unpark()
+            self._wake()
             return
         if (
             burst is not None and len(items) == len(burst.messages)
@@ -210,8 +218,19 @@ class Outbox:
             if sent is not None:
                 self._keep_unsent(frames, sent, replies or frozenset())
             return
+        self._wake()
+
+    def _wake(self) -> None:
+        """The writer has work: wake the task parked in `take`, or call `wake_writer`."""
         if self._writer:
             self._writer.unpark()
+        if self._wake_writer is not None:
+            self._wake_writer()
+
+    def _room_lot(self) -> ParkingLot:
+        if self._room is None:
+            self._room = ParkingLot()
+        return self._room
 
     def _write(self, write_now: Callable[[bytes], int], data: bytes) -> int | None:
         """Bytes the kernel took now (0 if its buffer is full); None if the peer is gone,
@@ -246,8 +265,8 @@ class Outbox:
         self._counters.delivered += done - sum(1 for i in replies if i < done)
         if self._room:
             self._room.unpark_all()
-        if items and self._writer:
-            self._writer.unpark()
+        if items:
+            self._wake()
 
     def offer_in_grace(self, message: Message, now: float, grace: float) -> Offer:
         """After `offer` answered FULL, under `disconnect`: queue past capacity while the
@@ -261,8 +280,7 @@ class Outbox:
         if len(self._items) >= self._capacity * GRACE_FACTOR:
             return Offer.FULL
         self._items.append(message)
-        if self._writer:
-            self._writer.unpark()
+        self._wake()
         return Offer.ACCEPTED
 
     def drop_oldest(self, message: Message) -> None:
@@ -286,13 +304,12 @@ class Outbox:
             gap.first = min(gap.first, dropped.offset)
             gap.last = max(gap.last, dropped.offset)
         self._counters.dropped += 1
-        if self._writer:
-            self._writer.unpark()
+        self._wake()
 
     async def wait_room(self) -> None:
         """Wait until an offer would not be FULL (or the outbox is closed): `block` policy."""
         while len(self._items) >= self._capacity and not self._closed:
-            await self._room.park()
+            await self._room_lot().park()
 
     def offer_control(self, item: object) -> Offer:
         """Queue a non-message item (e.g. a subscribe `ok`) under the same capacity."""
@@ -301,8 +318,7 @@ class Outbox:
         if len(self._items) >= self._capacity:
             return Offer.FULL
         self._items.append(item)
-        if self._writer:
-            self._writer.unpark()
+        self._wake()
         return Offer.ACCEPTED
 
     # -- the connection's side ---------------------------------------------------------------
@@ -312,7 +328,7 @@ class Outbox:
         closed. For the connection's own replies: a client that does not read its replies
         slows only itself."""
         while len(self._items) >= self._capacity and not self._closed:
-            await self._room.park()
+            await self._room_lot().park()
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
         self._items.append(item)
@@ -328,6 +344,8 @@ class Outbox:
         while not items:
             if self._closed:
                 raise trio.EndOfChannel
+            if self._writer is None:
+                self._writer = ParkingLot()
             await self._writer.park()
         self._writing = True
         self._over_since = None  # the writer is moving: a new grace period if full again
@@ -362,8 +380,12 @@ class Outbox:
     def close(self) -> None:
         """No more offers (they answer `CLOSED`); wakes the writer and any waiting put."""
         self._closed = True
-        self._writer.unpark_all()
-        self._room.unpark_all()
+        if self._writer:
+            self._writer.unpark_all()
+        if self._room:
+            self._room.unpark_all()
+        if self._wake_writer is not None:
+            self._wake_writer()
 
     @property
     def closed(self) -> bool:
