@@ -10,6 +10,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
@@ -226,3 +227,78 @@ async def test_an_empty_topic_in_the_connect_query_is_rejected_with_400(
         async with websocket(running, "topic="):
             pass
     assert rejected.value.status_code == 400
+
+
+async def test_each_connection_is_one_task(running: RunningBroker) -> None:
+    """No reader/writer/watcher trio per connection: one task each, gone when it closes."""
+    broker = running.broker
+    async with websocket(running, "topic=tasks") as first:
+        await request(first, op="ping", id=0)
+        before = (await broker.gauges()).tasks
+        raws = [await RawWebSocket.connect(running.addresses.ws_port, "/v1/ws?topic=tasks")
+                for _ in range(10)]
+        for raw in raws:
+            await raw.send_text(b'{"op": "ping", "id": 1}')
+            assert (await raw.read_frame()) is not None  # its ok: the task is serving
+        assert (await broker.gauges()).tasks == before + 10
+        for raw in raws:
+            await raw.aclose()
+        await wait_until(_connections_equal(broker, 1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert (await broker.gauges()).tasks == before
+
+
+async def test_frames_sent_together_with_the_handshake_are_answered(
+    running: RunningBroker,
+) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", running.addresses.ws_port)
+    await stream.send_all(
+        b"GET /v1/ws?topic=early HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+        + masked_frame(0x1, b'{"op": "ping", "id": "a"}')
+        + masked_frame(0x1, b'{"op": "ping", "id": "b"}')
+    )
+    raw = RawWebSocket(stream)
+    raw.response_head = await raw._read_head()
+    assert raw.status == 101
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in raw.response_head  # RFC 6455's example
+    answers = [orjson.loads((await raw.read_frame()).payload) for _ in range(2)]  # type: ignore[union-attr]
+    assert answers == [{"op": "ok", "id": "a"}, {"op": "ok", "id": "b"}]
+    await raw.aclose()
+
+
+async def test_a_bad_sec_websocket_key_is_a_json_400(running: RunningBroker) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", running.addresses.ws_port)
+    await stream.send_all(
+        b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: not-a-key\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    raw = RawWebSocket(stream)
+    raw.response_head = await raw._read_head()
+    assert raw.status == 400
+    assert orjson.loads(await raw.read_body())["error"]["code"] == "bad_request"
+    await raw.aclose()
+
+
+async def test_a_subscriber_whose_socket_was_full_gets_the_rest_in_order_when_it_reads(
+    start_broker: StartBroker,
+) -> None:
+    """What the kernel did not take is written by the connection's task once the client
+    reads again (the outbox wakes it out of its wait for input)."""
+    running = await start_broker(outbox_size=1000)
+    raw = await RawWebSocket.connect(
+        running.addresses.ws_port, "/v1/ws?topic=full", receive_buffer=4096
+    )
+    await raw.send_text(b'{"op": "ping", "id": 0}')
+    assert orjson.loads((await raw.read_frame()).payload)["op"] == "ok"  # type: ignore[union-attr]
+    payload = "y" * 20_000
+    async with httpx.AsyncClient(base_url=running.http_url, timeout=10) as http:
+        for _batch in range(4):
+            batch = [{"topic": "full", "data": payload} for _ in range(50)]
+            assert (await http.post("/v1/publish", json={"messages": batch})).status_code == 202
+    offsets = [orjson.loads((await raw.read_frame()).payload)["offset"]  # type: ignore[union-attr]
+               for _ in range(200)]
+    assert offsets == list(range(200))
+    assert running.broker.counters.slow_consumer_disconnects == 0
+    await raw.aclose()

@@ -1,0 +1,559 @@
+"""One accepted WebSocket connection, served by ONE task on a plain non-blocking socket.
+
+- The task reads client frames (wsproto parses them) and answers them; replies go out in
+  line (`Outbox.put`: written at once when nothing is in flight).
+- Topics write message frames straight to the socket (`Outbox.flush`) and never wait for a
+  connection. Only what the kernel did not take stays queued: the outbox then wakes the
+  task (`wake_writer` cancels its wait for input), which writes everything waiting with
+  one `send` per batch (nats-server's flush-per-batch), waiting for the socket as it must.
+- A close (drain, eviction, the client's close, a protocol error) is a decision recorded
+  on the connection; the same task writes what it must still write, then the close frame,
+  then waits for the client's close.
+
+Why one task, no nursery and no scope spanning the connection: with thousands of
+connections, the reader, writer and drain-watcher tasks with their nursery, scopes and
+coroutines were most of the ~120 objects per connection that CPython's full collections
+walk (now ~45), and starting them was a good part of the CPU per connection
+(`python -m benchmarks connect idle`).
+
+Topics put frames into the outbox without waiting; when it is full they apply their
+slow-consumer policy (default: close with 4008).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from trio.lowlevel import wait_readable, wait_writable
+from wsproto import ConnectionType
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from broker import (
+    AlreadySubscribed,
+    Broker,
+    BrokerError,
+    CloseReason,
+    ControlFrame,
+    Gap,
+    Message,
+    NotSubscribed,
+    Outbox,
+    Payload,
+    Subscriber,
+    SubscribeResult,
+    TooManySubscriptions,
+    WireFormat,
+    codec,
+    next_connection_id,
+)
+from broker.codec import (
+    PingRequest,
+    PublishRequest,
+    RequestRejected,
+    SubscribeRequest,
+    UnsubscribeRequest,
+)
+
+from .ws_handshake import Accept
+from .wsframe import binary_frame, text_frame
+
+log = logging.getLogger("gateways.websocket")
+
+# Bytes read per receive: large enough for a full publish frame in one read.
+RECEIVE_SIZE = 65536
+# Most bytes joined into one send: bounds the temporary buffer of a big batch.
+MAX_BATCH_BYTES = 1024 * 1024
+# Most items taken from the outbox per batch (a bound on the list, not on bytes).
+MAX_BATCH_ITEMS = 4096
+# A client frame may carry a payload of max_payload_bytes plus this much envelope.
+FRAME_ENVELOPE_BYTES = 64 * 1024
+# Consecutive invalid frames tolerated before the connection is closed with 1008.
+MAX_CONSECUTIVE_INVALID = 10
+# Seconds spent at most on unsubscribing at teardown.
+TEARDOWN_SECONDS = 2.0
+_LINGERING = (ConnectionState.LOCAL_CLOSING,)
+_CAN_CLOSE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
+
+
+def render_json(message: Message) -> bytes:
+    """A `message` frame for `broker.v1.json` connections (cached on the message)."""
+    return text_frame(codec.encode_message_json(message))
+
+
+def render_cbor(message: Message) -> bytes:
+    """A `message` frame for `broker.v1.cbor` connections (cached on the message)."""
+    return binary_frame(codec.encode_message_cbor(message))
+
+
+RENDERERS: dict[WireFormat, Callable[[Message], bytes]] = {
+    WireFormat.JSON: render_json,
+    WireFormat.CBOR: render_cbor,
+}
+
+
+class ConnectionLost(Exception):
+    """Nothing more can be said on this socket: the peer is gone (a send failed), or a
+    write did not finish by the connection's deadline."""
+
+
+async def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Write all of `data` to the non-blocking `sock` by `deadline`, waiting while the
+    kernel's buffer is full. Raises `ConnectionLost` if it cannot."""
+    while True:
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnectionLost(exc) from exc
+        if sent == len(data):
+            return
+        if sent:
+            data = memoryview(data)[sent:]  # type: ignore[assignment]
+        with trio.move_on_at(deadline) as scope:
+            await wait_writable(sock)
+        if scope.cancelled_caught:
+            raise ConnectionLost("the client did not read in time")
+
+
+class WebSocketConnection:
+    """One accepted WebSocket, served by the one task that calls `run` (see the module
+    docstring). `evict` and `close_soon` may be called from any task.
+
+    No cancel scope spans the connection: each wait (for input, for room in the socket)
+    has its own, with the connection's `_deadline` (infinite until it is closing), so a
+    close decided while the task waits shortens the wait in progress.
+    """
+
+    __slots__ = (
+        "_broker",
+        "_capacity",
+        "_close_requested",
+        "_deadline",
+        "_evicted",
+        "_format",
+        "_frame_wrap",
+        "_invalid",
+        "_max_frame",
+        "_opening",
+        "_parts",
+        "_patterns",
+        "_settings",
+        "_size",
+        "_sock",
+        "_wait",
+        "_wake",
+        "_ws",
+        "close_reason",
+        "id",
+        "outbox",
+        "subscriber",
+    )
+
+    def __init__(
+        self, sock: socket.socket, broker: Broker, accept: Accept, early: bytes = b""
+    ) -> None:
+        """`accept`: the handshake's outcome; `early`: bytes the client sent right behind
+        its opening request."""
+        self.id = next_connection_id()
+        self._sock = sock
+        self._ws = Connection(ConnectionType.SERVER)  # OPEN: the handshake is done
+        self._broker = broker
+        self._settings = settings = broker.settings
+        self._format = wire_format = accept.wire_format
+        self._max_frame = settings.max_payload_bytes + FRAME_ENVELOPE_BYTES
+        self._capacity = settings.outbox_size
+        self.outbox = Outbox(
+            settings.outbox_size, RENDERERS[wire_format], broker.counters, sock.send,
+            self._wake_up,
+        )
+        self.subscriber = Subscriber(self.id, accept.client, self.outbox, self.evict)
+        self._patterns: set[str] = set()
+        self._opening: tuple[list[str], bytes] | None = (accept.patterns, early)
+        self._evicted: CloseReason | None = None
+        self._close_requested: CloseReason | None = None
+        self.close_reason: CloseReason | None = None
+        self._deadline = math.inf  # by when a closing connection must be done
+        self._wake: trio.CancelScope | None = None  # the wait for input, while waiting
+        self._wait: trio.CancelScope | None = None  # any other wait in progress
+        self._frame_wrap = text_frame if wire_format is WireFormat.JSON else binary_frame
+        self._parts: list[Any] | None = None  # a fragmented client message, so far
+        self._size = 0
+        self._invalid = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until closed by either side; always unsubscribes. The caller closes the
+        socket afterwards."""
+        counters = self._broker.counters
+        counters.connections_opened += 1
+        self._broker.connections += 1
+        try:
+            await self._open()
+            await self._serve()
+        except ConnectionLost:
+            self._lost()
+        finally:
+            # Before the socket closes: no fast-path write may reach a recycled fd, and
+            # topics' next offer answers CLOSED, so they forget us even if...
+            self.outbox.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(TEARDOWN_SECONDS):
+                # ...their unsubscribe does not fit (see Broker.disconnect).
+                await self._broker.disconnect(self.id, list(self._patterns))
+            counters.connections_closed += 1
+            self._broker.connections -= 1
+
+    async def _open(self) -> None:
+        """The `?topic=` subscriptions, then any frames the client sent early."""
+        assert self._opening is not None
+        patterns, early = self._opening
+        self._opening = None  # nothing of the handshake stays with the connection
+        for pattern in patterns:
+            try:
+                await self._subscribe(SubscribeRequest(pattern, "latest", None), ack=False)
+            except RequestRejected as exc:  # e.g. too_many_topics: say so, stay open
+                await self._reply(codec.encode_error(self._format, None, exc.error))
+        if early:
+            self._request_close(await self._receive(early))
+
+    def evict(self, reason: CloseReason) -> None:
+        """Called by a topic's policy: close after the write in progress, within
+        `close_timeout`; what is still queued is dropped."""
+        if self._evicted is not None:
+            return
+        self._evicted = reason
+        self._close_within(self._settings.close_timeout)
+        self._wake_up()
+
+    def close_soon(self, reason: CloseReason) -> None:
+        """Close with `reason` after everything queued so far is written (drain: the
+        drain's own deadline bounds it)."""
+        if self._close_requested is None:
+            self._close_requested = reason
+            self._wake_up()
+
+    def _request_close(self, reason: CloseReason | None) -> None:
+        """Close after what is queued, all within `close_timeout` (a client's close, a
+        protocol error)."""
+        if reason is not None and self._close_requested is None:
+            if reason is not CloseReason.CLIENT_CLOSED:
+                log.info("connection %d: closing: %s", self.id, reason.reason)
+            self._close_requested = reason
+            self._close_within(self._settings.close_timeout)
+
+    def _close_within(self, seconds: float) -> None:
+        self._deadline = deadline = min(self._deadline, trio.current_time() + seconds)
+        for scope in (self._wake, self._wait):
+            if scope is not None:
+                scope.deadline = deadline
+
+    def _wake_up(self) -> None:
+        """The outbox (or a close) needs the task: stop its wait for input, if it waits."""
+        if self._wake is not None:
+            self._wake.cancel()
+
+    def _lost(self) -> None:
+        self.outbox.close()
+        if self.close_reason is None:
+            self.close_reason = CloseReason.CONNECTION_LOST
+
+    # -- the connection's task -----------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Write what the fast path left, read and answer requests, until closed."""
+        sock = self._sock
+        outbox = self.outbox
+        while True:
+            if self._evicted is not None:
+                await self._finish(self._evicted)
+                return
+            if len(outbox):  # what the kernel did not take at once
+                await self._write_batch()
+                continue
+            if self._close_requested is not None:
+                await self._finish(self._close_requested)
+                return
+            wake = self._wake = trio.CancelScope(deadline=self._deadline)
+            try:
+                with wake:
+                    await wait_readable(sock)
+            finally:
+                self._wake = None
+            if wake.cancelled_caught:
+                continue  # woken (or out of time: the next write says so)
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            self._request_close(await self._receive(data))
+
+    async def _send(self, data: bytes) -> None:
+        """Write all of `data` by the connection's deadline (see `send_all`)."""
+        sock = self._sock
+        while True:
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ConnectionLost(exc) from exc
+            if sent == len(data):
+                return
+            if sent:
+                data = memoryview(data)[sent:]  # type: ignore[assignment]
+            wait = self._wait = trio.CancelScope(deadline=self._deadline)
+            try:
+                with wait:
+                    await wait_writable(sock)
+            finally:
+                self._wait = None
+            if wait.cancelled_caught:
+                raise ConnectionLost("the client did not read in time")
+
+    async def _write_batch(self) -> None:
+        """Write everything queued (up to MAX_BATCH_ITEMS), one send per MAX_BATCH_BYTES.
+
+        Hot path for slow or bursty subscribers (guarded by `python -m benchmarks.quick`).
+        """
+        outbox = self.outbox
+        render = outbox.render
+        send = self._send
+        batch = await outbox.take(MAX_BATCH_ITEMS)  # never waits: called with items queued
+        chunks: list[bytes] = []
+        size = 0
+        messages = 0
+        for item in batch:
+            kind = type(item)
+            if kind is Message:
+                data = render(item)  # type: ignore[arg-type]
+                messages += 1
+            elif kind is bytes:  # the rest of a frame the fast path began
+                data = item  # type: ignore[assignment]
+                messages += 1
+            elif kind is ControlFrame:
+                data = item.data  # type: ignore[attr-defined]
+            else:
+                assert kind is Gap
+                data = self._gap_frame(item)  # type: ignore[arg-type]
+            chunks.append(data)
+            size += len(data)
+            if size >= MAX_BATCH_BYTES:
+                await send(b"".join(chunks))
+                chunks.clear()
+                size = 0
+        if chunks:
+            await send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        outbox.written()
+        self._broker.counters.delivered += messages
+
+    async def _finish(self, reason: CloseReason) -> None:
+        """Write what is queued (not after an eviction), then the close frame, then read
+        until the client's close: a lingering close, so the close frame is not lost to a
+        TCP reset. The connection's deadline bounds each step."""
+        outbox = self.outbox
+        outbox.close()  # nothing more is queued; the task alone writes what is left
+        while len(outbox) and self._evicted is None:
+            await self._write_batch()
+        ws = self._ws
+        if ws.state not in _CAN_CLOSE:
+            return
+        reason = self._evicted or reason
+        self.close_reason = reason
+        await self._send(ws.send(CloseConnection(code=reason.code, reason=reason.reason)))
+        self._close_within(self._settings.close_timeout)
+        sock = self._sock
+        while ws.state in _LINGERING:
+            with trio.move_on_at(self._deadline) as scope:
+                await wait_readable(sock)
+            if scope.cancelled_caught:
+                return
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            ws.receive_data(data)
+            for _ in ws.events():
+                pass  # the client's close moves the state on; nothing else is answered
+
+    def _gap_frame(self, gap: Gap) -> bytes:
+        """`{"op": "gap", ...}`: messages of a topic dropped for this subscriber."""
+        return self._frame_wrap(
+            codec.encode_object(
+                self._format,
+                {"op": "gap", "topic": gap.topic, "skipped": gap.skipped,
+                 "from": gap.first, "to": gap.last},
+            )
+        )
+
+    async def _queue(self, item: ControlFrame) -> None:
+        """Queue a reply behind pending frames; it is written at once if nothing is in
+        flight. With the outbox full this task writes first (a client that does not read
+        its replies slows only itself)."""
+        outbox = self.outbox
+        while len(outbox) >= self._capacity and not outbox.closed:
+            await self._write_batch()
+        try:
+            await outbox.put(item)  # there is room: no wait, no checkpoint
+        except trio.ClosedResourceError:
+            pass  # closing; nothing more is written
+
+    async def _reply(self, data: bytes) -> None:
+        await self._queue(ControlFrame(self._frame_wrap(data)))
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _receive(self, data: bytes) -> CloseReason | None:
+        """Feed `data` to wsproto and serve every complete client frame; the reason to
+        close, if one of them calls for it (later frames are then ignored)."""
+        ws = self._ws
+        ws.receive_data(data)
+        for event in ws.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                self._size += len(event.data)
+                if self._size > self._max_frame:
+                    return CloseReason.MESSAGE_TOO_BIG
+                parts = self._parts
+                if not event.message_finished:
+                    if parts is None:
+                        parts = self._parts = []
+                    parts.append(event.data)
+                    continue
+                if parts is None:
+                    frame = event.data
+                else:
+                    parts.append(event.data)
+                    frame = type(parts[0])().join(parts)
+                    self._parts = None
+                self._size = 0
+                if await self._handle_frame(frame, kind is TextMessage):
+                    self._invalid = 0
+                else:
+                    self._invalid += 1
+                    if self._invalid >= MAX_CONSECUTIVE_INVALID:
+                        return CloseReason.POLICY_VIOLATION
+            elif kind is Ping:
+                await self._queue(ControlFrame(ws.send(event.response())))  # type: ignore[attr-defined]
+            elif kind is CloseConnection:
+                if ws.state is ConnectionState.REMOTE_CLOSING:
+                    # The client closes: answer after pending frames.
+                    return CloseReason.CLIENT_CLOSED
+                # Still OPEN: wsproto failed to parse (bad opcode, bad UTF-8, ...).
+                return _protocol_reason_for(event.code)  # type: ignore[attr-defined]
+        return None
+
+    async def _handle_frame(self, frame: str | bytes, is_text: bool) -> bool:
+        """Serve one client request; False if it was invalid (an error frame was sent)."""
+        fmt = self._format
+        if (fmt is WireFormat.JSON) != is_text:
+            expected = "text" if fmt is WireFormat.JSON else "binary"
+            error = codec.InvalidFrame(f"{fmt.subprotocol} takes {expected} frames")
+            await self._reply(codec.encode_error(fmt, None, error))
+            return False
+        try:
+            request = codec.decode_request(fmt, frame, self._settings.max_payload_bytes)
+            await self._dispatch(request)
+        except RequestRejected as exc:
+            await self._reply(codec.encode_error(fmt, exc.request_id, exc.error))
+            return False
+        return True
+
+    async def _dispatch(self, request: Any) -> None:
+        fmt = self._format
+        match request:
+            case PublishRequest(topic, data, content_type, kind, request_id):
+                payload = Payload(data, content_type, kind)
+                try:
+                    offset = await self._broker.publish(topic, payload)
+                except BrokerError as exc:
+                    raise RequestRejected(exc, request_id) from exc
+                await self._reply(codec.encode_ok(fmt, request_id, topic=topic, offset=offset))
+            case SubscribeRequest():
+                await self._subscribe(request, ack=True)
+            case UnsubscribeRequest(pattern, request_id):
+                if pattern not in self._patterns:
+                    raise RequestRejected(
+                        NotSubscribed(f"not subscribed to {pattern!r}"), request_id
+                    )
+                self._patterns.discard(pattern)
+                try:
+                    await self._broker.unsubscribe(self.id, pattern)
+                except BrokerError as exc:
+                    raise RequestRejected(exc, request_id) from exc
+                await self._reply(codec.encode_ok(fmt, request_id, topic=pattern))
+            case PingRequest(request_id):
+                await self._reply(codec.encode_ok(fmt, request_id))
+
+    async def _subscribe(self, request: SubscribeRequest, *, ack: bool) -> None:
+        pattern, request_id = request.topic, request.id
+        if pattern in self._patterns:
+            raise RequestRejected(
+                AlreadySubscribed(f"already subscribed to {pattern!r}"), request_id
+            )
+        if len(self._patterns) >= self._settings.max_subscriptions:
+            raise RequestRejected(
+                TooManySubscriptions(
+                    f"a connection holds at most {self._settings.max_subscriptions} "
+                    "subscriptions"
+                ),
+                request_id,
+            )
+        fmt = self._format
+        wrap = self._frame_wrap
+
+        def render_ack(result: SubscribeResult) -> ControlFrame:
+            return ControlFrame(
+                wrap(
+                    codec.encode_ok(
+                        fmt,
+                        request_id,
+                        topic=pattern,
+                        first_offset=result.first_offset,
+                        next_offset=result.next_offset,
+                    )
+                )
+            )
+
+        self._patterns.add(pattern)
+        try:
+            await self._broker.subscribe(
+                self.subscriber, pattern, request.start, render_ack if ack else None
+            )
+        except BrokerError as exc:
+            self._patterns.discard(pattern)
+            raise RequestRejected(exc, request_id) from exc
+
+
+def _protocol_reason_for(code: int | None) -> CloseReason:
+    if code == CloseReason.MESSAGE_TOO_BIG.code:
+        return CloseReason.MESSAGE_TOO_BIG
+    if code == 1007:
+        return CloseReason.INVALID_PAYLOAD
+    return CloseReason.PROTOCOL_ERROR
+
+
+__all__ = [
+    "RECEIVE_SIZE",
+    "RENDERERS",
+    "ConnectionLost",
+    "WebSocketConnection",
+    "render_cbor",
+    "render_json",
+    "send_all",
+]
