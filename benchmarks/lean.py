@@ -11,6 +11,9 @@ bottleneck.
   check that a subscriber saw offsets in order with no gap. Other frames (`ok`, `error`)
   are rare and are decoded with orjson. Client frames (ping, close) are masked as RFC 6455
   requires.
+- `Dialer`: many WebSocket connections opened (handshake checked, ping answered) and
+  closed at once from one task through one epoll set, for connect-rate figures that
+  measure the server rather than the generator.
 
 Why plain non-blocking stdlib sockets and not `trio.socket`: with hundreds of subscribers a
 receive usually finds one or two frames, so the per-receive cost is what limits the client.
@@ -27,12 +30,14 @@ on its next request).
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import select
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -544,25 +549,247 @@ class SubscriberGroup:
             epoll.close()
 
 
+def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    """A client's opening request with a fresh key, and the `Sec-WebSocket-Accept` value
+    (lower-cased) the server must answer it with."""
+    key = base64.b64encode(os.urandom(16))
+    request = (b"GET %s HTTP/1.1\r\nhost: %s:%d\r\nupgrade: websocket\r\n"
+               b"connection: Upgrade\r\nsec-websocket-key: %s\r\n"
+               b"sec-websocket-version: 13\r\n\r\n" % (path.encode(), host.encode(), port, key))
+    return request, base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).lower()
+
+
+def check_handshake(head: bytes, accept: bytes) -> None:
+    """`ProtocolError` unless the response head (without its blank line) is a 101 with
+    the `accept` token of `handshake_request`."""
+    lowered = head.lower()
+    if lowered[9:12] != b"101":
+        raise ProtocolError(f"handshake answered {head[:300]!r}")
+    if b"sec-websocket-accept: " + accept not in lowered:
+        raise ProtocolError("bad Sec-WebSocket-Accept")
+
+
 async def ws_handshake(sock: socket.socket, host: str, port: int, path: str) -> bytes:
     """The client's opening handshake on a connected socket, made by hand; returns the
     bytes the server sent after its 101 answer.
     Raises `ProtocolError` unless the server accepts with the right Sec-WebSocket-Accept."""
-    key = base64.b64encode(os.urandom(16))
-    await send_all(sock, b"GET %s HTTP/1.1\r\nhost: %s:%d\r\nupgrade: websocket\r\n"
-                         b"connection: Upgrade\r\nsec-websocket-key: %s\r\n"
-                         b"sec-websocket-version: 13\r\n\r\n"
-                         % (path.encode(), host.encode(), port, key))
+    request, accept = handshake_request(host, port, path)
+    await send_all(sock, request)
     buf = bytearray()
     while (end := buf.find(b"\r\n\r\n")) < 0:
         data = await receive(sock, HTTP_RECEIVE_SIZE)
         if not data:
             raise ProtocolError("connection closed during the WebSocket handshake")
         buf += data
-    head = bytes(buf[:end]).lower()
-    if head[9:12] != b"101":
-        raise ProtocolError(f"handshake answered {bytes(buf[:300])!r}")
-    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).lower()
-    if b"sec-websocket-accept: " + accept not in head:
-        raise ProtocolError("bad Sec-WebSocket-Accept")
+    check_handshake(bytes(buf[:end]), accept)
     return bytes(buf[end + 4 :])
+
+
+# -- many connections opened at once, from one task ----------------------------------------
+
+_DIAL_CONNECTING, _DIAL_HANDSHAKE, _DIAL_PING, _DIAL_READY, _DIAL_CLOSING = range(5)
+
+
+class Dial:
+    """One connection of `dial_websockets`: its socket, where it is, what it took."""
+
+    __slots__ = ("accept", "buf", "error", "path", "ping_id", "ready_at", "sock", "started",
+                 "state")
+
+    def __init__(self, sock: socket.socket, path: str, accept: bytes, ping_id: int) -> None:
+        self.sock: socket.socket | None = sock
+        self.path = path
+        self.accept = accept
+        self.ping_id = ping_id
+        self.state = _DIAL_CONNECTING
+        self.buf = b""
+        self.started = time.perf_counter()
+        self.ready_at = 0.0
+        self.error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == _DIAL_READY
+
+    @property
+    def latency(self) -> float:
+        """Connect -> 101 -> the ping's `ok`, in seconds (for ready connections)."""
+        return self.ready_at - self.started
+
+
+class Dialer:
+    """Opens many WebSocket connections at once and closes them, from ONE trio task
+    through one epoll set (Linux), as `SubscriberGroup` reads many: per connection no task,
+    no trio wait, no handshake coroutine; a connection is a small state machine driven by
+    readiness events. So the generator costs a fraction of the server's CPU per connection
+    and a connect-rate figure measures the server.
+
+    Each connection: non-blocking connect, the opening request (`handshake_request`), the
+    101 checked with its exact accept token (`check_handshake`), a `{"op":"ping"}` and its
+    `ok` (the barrier: `?topic=` subscriptions are in place). Anything else (a refusal, a
+    close, a reset, an `error` frame) fails that connection with the reason.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.dials: list[Dial] = []
+        self._epoll = select.epoll()
+        self._live: dict[int, Dial] = {}
+
+    async def open(self, paths: list[str], progress: Callable[[], object] | None = None
+                   ) -> None:
+        """Connect one client per path, all at once; returns when every one is ready or
+        failed (callers bound it with a trio scope; the unfinished ones then count as not
+        ready)."""
+        infos = await trio.socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        epoll, live = self._epoll, self._live
+        for index, path in enumerate(paths):
+            request, accept = handshake_request(self.host, self.port, path)
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            dial = Dial(sock, path, accept, index + 1)
+            dial.buf = request  # until sent
+            self.dials.append(dial)
+            error = sock.connect_ex(address)
+            if error not in (0, errno.EINPROGRESS):
+                self._fail(dial, f"connect: {os.strerror(error)}")
+                continue
+            live[sock.fileno()] = dial
+            epoll.register(sock.fileno(), select.EPOLLOUT)
+        pending = len(live)
+        while pending:
+            await trio.lowlevel.wait_readable(self._epoll)
+            for fd, _ in epoll.poll(0):
+                dial = live.get(fd)
+                if dial is None:
+                    continue
+                try:
+                    done = self._step(dial)
+                except (OSError, ProtocolError, ValueError) as exc:
+                    self._fail(dial, repr(exc))
+                    done = True
+                if done:
+                    pending -= 1
+                    if dial.ready and progress is not None:
+                        progress()
+
+    def _step(self, dial: Dial) -> bool:
+        """Advance `dial` on a readiness event; True once it is ready (or failed)."""
+        sock = dial.sock
+        assert sock is not None
+        if dial.state == _DIAL_CONNECTING:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, f"connect: {os.strerror(error)}")
+            if sock.send(dial.buf) != len(dial.buf):  # ~200 bytes, an empty buffer
+                raise ProtocolError("the opening request did not fit the socket buffer")
+            dial.buf = b""
+            dial.state = _DIAL_HANDSHAKE
+            self._epoll.modify(sock.fileno(), select.EPOLLIN)
+            return False
+        data = sock.recv(HTTP_RECEIVE_SIZE)
+        if not data:
+            raise ProtocolError("the server closed the connection")
+        buf = dial.buf + data
+        if dial.state == _DIAL_HANDSHAKE:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                dial.buf = buf
+                return False
+            check_handshake(buf[:end], dial.accept)
+            sock.send(mask_frame(0x1, b'{"op":"ping","id":%d}' % dial.ping_id))
+            dial.state = _DIAL_PING
+            buf = buf[end + 4:]
+        frames, dial.buf = _server_frames(buf)
+        for opcode, payload in frames:
+            if opcode == 0x8:
+                raise ProtocolError(f"closed before the ping's ok: {payload[:60]!r}")
+            if opcode == 0x1:
+                answer = orjson.loads(payload)
+                if answer.get("op") == "ok" and answer.get("id") == dial.ping_id:
+                    dial.ready_at = time.perf_counter()
+                    dial.state = _DIAL_READY
+                    self._epoll.unregister(sock.fileno())
+                    del self._live[sock.fileno()]
+                    return True
+                raise ProtocolError(f"unexpected frame before the ping's ok: {payload[:120]!r}")
+        return False
+
+    def _fail(self, dial: Dial, why: str) -> None:
+        dial.error = why
+        dial.state = _DIAL_CLOSING
+        if dial.sock is not None:
+            fd = dial.sock.fileno()
+            if self._live.pop(fd, None) is not None:
+                self._epoll.unregister(fd)
+            dial.sock.close()
+            dial.sock = None
+
+    async def close(self, timeout: float) -> None:
+        """Close every connection politely (1000, then the server's close or end of
+        stream) within `timeout`, then drop whatever is left; closes the epoll set."""
+        epoll = self._epoll
+        closing: dict[int, Dial] = {}
+        for dial in self.dials:
+            sock = dial.sock
+            if sock is None:
+                continue
+            fd = sock.fileno()
+            if self._live.pop(fd, None) is not None:
+                epoll.unregister(fd)
+            try:
+                sock.send(mask_frame(0x8, struct.pack("!H", 1000)))
+            except OSError:
+                continue  # closed below
+            closing[fd] = dial
+            dial.buf = b""
+            epoll.register(fd, select.EPOLLIN)
+        try:
+            with trio.move_on_after(timeout):
+                while closing:
+                    await trio.lowlevel.wait_readable(epoll)
+                    for fd, _ in epoll.poll(0):
+                        dial = closing[fd]
+                        assert dial.sock is not None
+                        try:
+                            data = dial.sock.recv(HTTP_RECEIVE_SIZE)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            data = b""
+                        frames, dial.buf = _server_frames(dial.buf + data)
+                        if not data or any(opcode == 0x8 for opcode, _ in frames):
+                            epoll.unregister(fd)
+                            del closing[fd]
+        finally:
+            for dial in self.dials:
+                if dial.sock is not None:
+                    dial.sock.close()
+                    dial.sock = None
+            epoll.close()
+
+
+def _server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Complete server (unmasked) frames at the start of `data` as (opcode, payload), and
+    the rest."""
+    frames = []
+    pos, size = 0, len(data)
+    while size - pos >= 2:
+        length = data[pos + 1] & 0x7F
+        start = pos + 2
+        if length == 126:
+            if size - pos < 4:
+                break
+            length, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
+        elif length == 127:
+            if size - pos < 10:
+                break
+            length, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
+        if start + length > size:
+            break
+        frames.append((data[pos] & 0x0F, data[start : start + length]))
+        pos = start + length
+    return frames, data[pos:]

@@ -5,6 +5,8 @@ Other clients are unaffected and the broker keeps serving; each test checks both
 
 from __future__ import annotations
 
+from functools import partial
+
 import cbor2
 import httpx
 import orjson
@@ -302,3 +304,42 @@ async def test_a_subscriber_whose_socket_was_full_gets_the_rest_in_order_when_it
     assert offsets == list(range(200))
     assert running.broker.counters.slow_consumer_disconnects == 0
     await raw.aclose()
+
+
+async def test_the_benchmark_dialer_gets_every_connection_ready_and_closes_them(
+    running: RunningBroker,
+) -> None:
+    """`benchmarks.lean.Dialer` (the connect scenario's clients) against the broker: each
+    handshake checked, each ping answered, each connection closed politely."""
+    from benchmarks.lean import Dialer
+
+    dialer = Dialer("127.0.0.1", running.addresses.ws_port)
+    with trio.fail_after(10):
+        await dialer.open([f"/v1/ws?topic=dial&client=d{n}" for n in range(30)])
+    assert [dial.error for dial in dialer.dials] == [None] * 30
+    assert all(dial.ready and dial.latency > 0 for dial in dialer.dials)
+    assert len(await running.broker.subscribers("dial")) == 30
+    await dialer.close(5.0)
+    await wait_until(_connections_equal(running.broker, 0))
+
+
+async def test_the_benchmark_dialer_counts_a_wrong_accept_token_as_a_failure(
+    nursery: trio.Nursery,
+) -> None:
+    from benchmarks.lean import Dialer
+
+    async def serve(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                              b"connection: Upgrade\r\nsec-websocket-accept: bm9wZQ==\r\n\r\n")
+        await trio.sleep_forever()
+
+    [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    dialer = Dialer("127.0.0.1", listener.socket.getsockname()[1])
+    with trio.fail_after(10):
+        await dialer.open(["/v1/ws", "/v1/ws"])
+    assert [dial.ready for dial in dialer.dials] == [False, False]
+    assert all("Sec-WebSocket-Accept" in (dial.error or "") for dial in dialer.dials)
+    await dialer.close(0.5)
