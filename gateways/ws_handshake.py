@@ -82,7 +82,8 @@ def reject_unreadable(error: HttpError) -> Reject:
 
 def answer(head: RequestHead, path: str, max_subscriptions: int) -> Accept | Reject:
     """Accept or refuse the opening request `head` for the endpoint at `path`."""
-    problem = upgrade_problem(head)
+    headers = dict(head.headers)  # the last value of each, as RequestHead.header reads
+    problem = upgrade_problem(head, headers)
     if problem is not None:
         return reject(400, "bad_request", f"not a WebSocket upgrade: {problem}")
     if head.raw_path != path.encode("ascii"):
@@ -113,26 +114,30 @@ def answer(head: RequestHead, path: str, max_subscriptions: int) -> Accept | Rej
             wire_format = found
             chosen = b"Sec-WebSocket-Protocol: %s\r\n" % offered.encode("ascii")
             break
-    key = head.header(b"sec-websocket-key")
-    assert key is not None  # upgrade_problem checked it
+    key = headers[b"sec-websocket-key"]  # upgrade_problem checked it
     response = _SWITCHING + accept_token(key) + b"\r\n" + chosen + b"\r\n"
     return Accept(response, wire_format, patterns, client)
 
 
-def upgrade_problem(head: RequestHead) -> str | None:
-    """What makes `head` not a valid WebSocket upgrade request, or None if it is one."""
+def upgrade_problem(
+    head: RequestHead, headers: dict[bytes, bytes] | None = None
+) -> str | None:
+    """What makes `head` not a valid WebSocket upgrade request, or None if it is one.
+    `headers`: `dict(head.headers)`, if the caller has it already."""
     if head.method != "GET":
         return "the method must be GET"
     if not head.http_11:
         return "HTTP/1.1 is required"
-    upgrade = head.header(b"upgrade")
+    if headers is None:
+        headers = dict(head.headers)
+    upgrade = headers.get(b"upgrade")
     if upgrade is None or upgrade.lower() != b"websocket":
         return "missing header 'Upgrade: websocket'"
     if b"upgrade" not in head.header_tokens(b"connection"):
         return "missing header 'Connection: Upgrade'"
-    if head.header(b"sec-websocket-version") != VERSION:
+    if headers.get(b"sec-websocket-version") != VERSION:
         return "missing header 'Sec-WebSocket-Version: 13'"
-    key = head.header(b"sec-websocket-key")
+    key = headers.get(b"sec-websocket-key")
     if key is None:
         return "missing header 'Sec-WebSocket-Key'"
     if not valid_key(key):
