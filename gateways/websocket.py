@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -47,6 +48,9 @@ ACCEPT_BURST = 64
 # Unsent bytes above which the kernel reports the socket not writable (as trio's
 # SocketStream sets it: a writer waits instead of piling data into the kernel).
 NOTSENT_LOWAT = 16 * 1024
+# Linux copies TCP_NODELAY and TCP_NOTSENT_LOWAT from a listening socket to the sockets it
+# accepts: set once on the listener, not twice per connection.
+TCP_OPTIONS_INHERITED = sys.platform == "linux"
 # accept() failures that mean "out of file descriptors or memory": wait, then go on
 # (trio's serve_listeners does the same).
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -134,14 +138,21 @@ async def _close_all_on_drain(closing: trio.Event, registry: set[WebSocketConnec
         connection.close_soon(CloseReason.GOING_AWAY)
 
 
+def _set_tcp_options(sock: socket.socket) -> None:
+    """What trio's SocketStream sets on a TCP socket: no Nagle delay, and a writer waits
+    instead of piling data into the kernel."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+
+
 def _prepare(sock: socket.socket) -> bool:
-    """Non-blocking, with what trio's SocketStream sets on a TCP socket; False (and the
-    socket closed) if the connection is already unusable."""
+    """An accepted connection made non-blocking, with `_set_tcp_options` unless it has
+    them from the listening socket; False (and the socket closed) if already unusable."""
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+        if not TCP_OPTIONS_INHERITED:
+            _set_tcp_options(sock)
     except OSError:
         sock.close()
         return False
@@ -205,6 +216,8 @@ async def serve_websocket(
     try:
         for listener in listeners:
             listener.setblocking(False)
+            if TCP_OPTIONS_INHERITED:
+                _set_tcp_options(listener)
         port = listeners[0].getsockname()[1]
         start = partial(connection_nursery.start_soon, _serve_connection, broker, registry,
                         closing)

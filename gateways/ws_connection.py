@@ -333,6 +333,10 @@ class WebSocketConnection:
         """Write what the fast path left, read and answer requests, until closed."""
         sock = self._sock
         outbox = self.outbox
+        # A client's first request (after its subscriptions were made) is usually there
+        # already: try to read it before waiting (a wait costs a scope, an epoll update and
+        # a scheduler round).
+        wait_first = False
         while True:
             if self._evicted is not None:
                 await self._finish(self._evicted)
@@ -343,14 +347,16 @@ class WebSocketConnection:
             if self._close_requested is not None:
                 await self._finish(self._close_requested)
                 return
-            wake = self._wake = trio.CancelScope(deadline=self._deadline)
-            try:
-                with wake:
-                    await wait_readable(sock)
-            finally:
-                self._wake = None
-            if wake.cancelled_caught:
-                continue  # woken (or out of time: the next write says so)
+            if wait_first:
+                wake = self._wake = trio.CancelScope(deadline=self._deadline)
+                try:
+                    with wake:
+                        await wait_readable(sock)
+                finally:
+                    self._wake = None
+                if wake.cancelled_caught:
+                    continue  # woken (or out of time: the next write says so)
+            wait_first = True
             try:
                 data = sock.recv(RECEIVE_SIZE)
             except BlockingIOError:

@@ -343,3 +343,24 @@ async def test_the_benchmark_dialer_counts_a_wrong_accept_token_as_a_failure(
     assert [dial.ready for dial in dialer.dials] == [False, False]
     assert all("Sec-WebSocket-Accept" in (dial.error or "") for dial in dialer.dials)
     await dialer.close(0.5)
+
+
+def test_accepted_connections_have_no_nagle_delay_and_a_low_unsent_mark() -> None:
+    """As trio's SocketStream would set them; on Linux inherited from the listener."""
+    import socket
+
+    from gateways.websocket import NOTSENT_LOWAT, _prepare, _set_tcp_options
+
+    with socket.socket() as listener, socket.socket() as client:
+        _set_tcp_options(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client.connect(listener.getsockname())
+        accepted, _ = listener.accept()
+        with accepted:
+            assert _prepare(accepted)
+            assert not accepted.getblocking()
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+                lowat = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+                assert lowat == NOTSENT_LOWAT
