@@ -1,7 +1,9 @@
 """One accepted WebSocket connection, served by ONE task on a plain non-blocking socket.
 
-- The task reads client frames (wsproto parses them) and answers them; replies go out in
-  line (`Outbox.put`: written at once when nothing is in flight).
+- The task reads client frames and answers them; a reply goes straight to the socket when
+  nothing is queued before it. Plain data frames (final, masked text or binary) are taken
+  apart here (`client_data_frame`); at the first frame that is anything else, wsproto
+  takes over this connection's input (and it does every close).
 - Topics write message frames straight to the socket (`Outbox.flush`) and never wait for a
   connection. Only what the kernel did not take stays queued: the outbox then wakes the
   task (`wake_writer` cancels its wait for input), which writes everything waiting with
@@ -13,8 +15,9 @@
 Why one task, no nursery and no scope spanning the connection: with thousands of
 connections, the reader, writer and drain-watcher tasks with their nursery, scopes and
 coroutines were most of the ~120 objects per connection that CPython's full collections
-walk (now ~45), and starting them was a good part of the CPU per connection
-(`python -m benchmarks connect idle`).
+walk (now ~36, with wsproto made only when needed), and starting them was a good part of
+the CPU per connection (`python -m benchmarks connect idle`; the mixed scenario's p99 was
+these collections' pauses).
 
 Topics put frames into the outbox without waiting; when it is full they apply their
 slow-consumer policy (default: close with 4008).
@@ -106,9 +109,9 @@ OTHER = 2  # anything else (control, fragment, unmasked, non-minimal length): ws
 TOO_BIG = 3  # a data frame announcing more than the limit
 
 
-def client_data_frame(buffer: bytes, at: int, limit: int) -> tuple[int, int, int, int]:
+def client_data_frame(buffer: bytes, at: int, limit: int) -> tuple[int, int, int]:
     """Delimit the client frame starting at `buffer[at]`, pure: (kind, payload start,
-    payload end, frame end). Only DATA frames are taken apart here (RFC 6455 5.2 as
+    payload end = frame end). Only DATA frames are taken apart here (RFC 6455 5.2 as
     wsproto checks it: masked, minimal length encoding, length < 2**63); see `unmask`.
 
     Why not wsproto for every frame: its incremental parser was ~14 us a frame, an eighth
@@ -116,32 +119,32 @@ def client_data_frame(buffer: bytes, at: int, limit: int) -> tuple[int, int, int
     """
     size = len(buffer) - at
     if size < 2:
-        return INCOMPLETE, 0, 0, 0
+        return INCOMPLETE, 0, 0
     if buffer[at] not in _FAST_FIRST or not buffer[at + 1] & 0x80:
-        return OTHER, 0, 0, 0
+        return OTHER, 0, 0
     length = buffer[at + 1] & 0x7F
     if length < 126:
         start = at + 6
     elif length == 126:
         if size < 4:
-            return INCOMPLETE, 0, 0, 0
+            return INCOMPLETE, 0, 0
         length = (buffer[at + 2] << 8) | buffer[at + 3]
         if length < 126:
-            return OTHER, 0, 0, 0
+            return OTHER, 0, 0
         start = at + 8
     else:
         if size < 10:
-            return INCOMPLETE, 0, 0, 0
+            return INCOMPLETE, 0, 0
         length = int.from_bytes(buffer[at + 2:at + 10], "big")
         if length < 65536 or length >> 63:
-            return OTHER, 0, 0, 0
+            return OTHER, 0, 0
         start = at + 14
     if length > limit:
-        return TOO_BIG, 0, 0, 0
+        return TOO_BIG, 0, 0
     end = start + length
     if end > len(buffer):
-        return INCOMPLETE, 0, 0, 0
-    return DATA, start, end, end
+        return INCOMPLETE, 0, 0
+    return DATA, start, end
 
 
 def unmask(buffer: bytes, start: int, end: int) -> bytes:
@@ -520,7 +523,7 @@ class WebSocketConnection:
         at = 0
         limit = self._max_frame
         while True:
-            kind, start, end, at_next = client_data_frame(buffer, at, limit)
+            kind, start, end = client_data_frame(buffer, at, limit)
             if kind == DATA:
                 payload = unmask(buffer, start, end)
                 is_text = buffer[at] == 0x81
@@ -531,7 +534,7 @@ class WebSocketConnection:
                         break  # wsproto closes with 1007
                 else:
                     frame = payload
-                at = at_next
+                at = end
                 reason = await self._serve_frame(frame, is_text)
                 if reason is not None:
                     return reason
