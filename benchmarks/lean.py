@@ -637,30 +637,41 @@ class Dialer:
         self._epoll = select.epoll()
         self._live: dict[int, Dial] = {}
 
-    async def open(self, paths: list[str], progress: Callable[[], object] | None = None
-                   ) -> None:
-        """Connect one client per path, all at once; returns when every one is ready or
-        failed (callers bound it with a trio scope; the unfinished ones then count as not
-        ready)."""
+    async def open(self, paths: list[str], progress: Callable[[], object] | None = None,
+                   concurrency: int | None = None) -> None:
+        """Connect one client per path: all at once, or at most `concurrency` in progress
+        (a sliding window: the next starts as soon as one is ready or failed, no waves).
+        Returns when every one is ready or failed (callers bound it with a trio scope; the
+        unfinished ones then count as not ready)."""
         infos = await trio.socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
         epoll, live = self._epoll, self._live
-        for index, path in enumerate(paths):
-            request, accept = handshake_request(self.host, self.port, path)
-            sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            dial = Dial(sock, path, accept, index + 1)
-            dial.buf = request  # until sent
-            self.dials.append(dial)
-            error = sock.connect_ex(address)
-            if error not in (0, errno.EINPROGRESS):
-                self._fail(dial, f"connect: {os.strerror(error)}")
-                continue
-            live[sock.fileno()] = dial
-            epoll.register(sock.fileno(), select.EPOLLOUT)
-        pending = len(live)
-        while pending:
+        first = len(self.dials)
+        todo = iter(enumerate(paths, first + 1))
+
+        def start_next() -> bool:
+            """Start the next connection; False when none is left."""
+            for ping_id, path in todo:
+                request, accept = handshake_request(self.host, self.port, path)
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                dial = Dial(sock, path, accept, ping_id)
+                dial.buf = request  # until sent
+                self.dials.append(dial)
+                error = sock.connect_ex(address)
+                if error not in (0, errno.EINPROGRESS):
+                    self._fail(dial, f"connect: {os.strerror(error)}")
+                    continue
+                live[sock.fileno()] = dial
+                epoll.register(sock.fileno(), select.EPOLLOUT)
+                return True
+            return False
+
+        for _ in range(len(paths) if concurrency is None else concurrency):
+            if not start_next():
+                break
+        while live:
             await trio.lowlevel.wait_readable(self._epoll)
             for fd, _ in epoll.poll(0):
                 dial = live.get(fd)
@@ -672,9 +683,9 @@ class Dialer:
                     self._fail(dial, repr(exc))
                     done = True
                 if done:
-                    pending -= 1
                     if dial.ready and progress is not None:
                         progress()
+                    start_next()
 
     def _step(self, dial: Dial) -> bool:
         """Advance `dial` on a readiness event; True once it is ready (or failed)."""

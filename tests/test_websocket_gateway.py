@@ -315,8 +315,12 @@ async def test_the_benchmark_dialer_gets_every_connection_ready_and_closes_them(
 
     dialer = Dialer("127.0.0.1", running.addresses.ws_port)
     with trio.fail_after(10):
-        await dialer.open([f"/v1/ws?topic=dial&client=d{n}" for n in range(30)])
+        await dialer.open([f"/v1/ws?topic=dial&client=d{n}" for n in range(20)])
+        # ...and with at most 4 in progress at a time, the rest started as those finish
+        await dialer.open([f"/v1/ws?topic=dial&client=e{n}" for n in range(10)],
+                          concurrency=4)
     assert [dial.error for dial in dialer.dials] == [None] * 30
+    assert len({dial.ping_id for dial in dialer.dials}) == 30
     assert all(dial.ready and dial.latency > 0 for dial in dialer.dials)
     assert len(await running.broker.subscribers("dial")) == 30
     await dialer.close(5.0)
