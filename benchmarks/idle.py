@@ -50,7 +50,15 @@ import trio
 from gateways.wsframe import client_frame
 
 from .baselines import TARGETS
-from .lean import Endpoint, HttpClient, ProtocolError, close_socket, open_socket, send_all
+from .lean import (
+    Endpoint,
+    HttpClient,
+    ProtocolError,
+    close_socket,
+    open_socket,
+    send_all,
+    server_frames,
+)
 from .process import BrokerProcess, CpuMeter, pick_cores, raise_open_files_limit
 from .stats import percentile
 
@@ -123,28 +131,6 @@ def rss_kib(pid: int | None) -> int | None:
 # -- lean idle subscribers ---------------------------------------------------------------
 
 
-def split_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    """Complete server (unmasked) frames in `data` as (opcode, payload), and the rest."""
-    frames = []
-    pos, size = 0, len(data)
-    while size - pos >= 2:
-        length = data[pos + 1] & 0x7F
-        start = pos + 2
-        if length == 126:
-            if size - pos < 4:
-                break
-            length, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
-        elif length == 127:
-            if size - pos < 10:
-                break
-            length, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
-        if start + length > size:
-            break
-        frames.append((data[pos] & 0x0F, data[start : start + length]))
-        pos = start + length
-    return frames, data[pos:]
-
-
 class IdleConnection:
     """One subscriber: its socket, unparsed bytes (usually none) and what it saw."""
 
@@ -164,7 +150,7 @@ class IdleConnection:
 
     def take(self, data: bytes) -> bool:
         """Account for received bytes; True if the ping's `ok` was among them."""
-        frames, self.pending = split_frames(self.pending + data)
+        frames, self.pending = server_frames(self.pending + data)
         acked = False
         for opcode, payload in frames:
             if opcode == 0x1:

@@ -714,7 +714,7 @@ class Dialer:
             sock.send(mask_frame(0x1, b'{"op":"ping","id":%d}' % dial.ping_id))
             dial.state = _DIAL_PING
             buf = buf[end + 4:]
-        frames, dial.buf = _server_frames(buf)
+        frames, dial.buf = server_frames(buf)
         for opcode, payload in frames:
             if opcode == 0x8:
                 raise ProtocolError(f"closed before the ping's ok: {payload[:60]!r}")
@@ -771,7 +771,7 @@ class Dialer:
                             continue
                         except OSError:
                             data = b""
-                        frames, dial.buf = _server_frames(dial.buf + data)
+                        frames, dial.buf = server_frames(dial.buf + data)
                         if not data or any(opcode == 0x8 for opcode, _ in frames):
                             epoll.unregister(fd)
                             del closing[fd]
@@ -783,7 +783,7 @@ class Dialer:
             epoll.close()
 
 
-def _server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+def server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     """Complete server (unmasked) frames at the start of `data` as (opcode, payload), and
     the rest."""
     frames = []

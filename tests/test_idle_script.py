@@ -6,7 +6,8 @@ import resource
 
 import pytest
 
-from benchmarks.idle import FileLimitTooLow, check_file_limit, run_idle, split_frames
+from benchmarks.idle import FileLimitTooLow, check_file_limit, run_idle
+from benchmarks.lean import server_frames
 
 from .conftest import StartBroker
 
@@ -51,6 +52,6 @@ def test_a_limit_below_the_connections_says_which_ulimit_to_use() -> None:
 def test_split_frames_keeps_a_partial_frame_for_later() -> None:
     long_payload = b"x" * 300
     data = b"\x81\x02hi" + b"\x81\x7e\x01\x2c" + long_payload + b"\x89\x05pi"
-    frames, rest = split_frames(data)
+    frames, rest = server_frames(data)
     assert frames == [(0x1, b"hi"), (0x1, long_payload)]
     assert rest == b"\x89\x05pi"
