@@ -5,10 +5,11 @@ them, and what each one costs it.
         [--url URL --ws-url WSURL [--server-pid PID]] [--topics 100] [--wave 250]
         [--rate R] [--hold 0] [--json PATH]
 
-N subscribers connect in concurrent waves (`--wave` at once, the next wave when the last one
-is done, at most `--rate` connections/s if given). Subscriber i subscribes on connect
-(`?topic=idle.<tag>.<i mod topics>`; `--topics 0` gives each its own topic) and then sends
-one ping; its `ok` is the barrier that says it is subscribed. Reported:
+N subscribers connect through a sliding window (at most `--wave` connects in progress, the
+next one starting as one ends; at most `--rate` connections/s if given). Subscriber i
+subscribes on connect (`?topic=idle.<tag>.<i mod topics>`; `--topics 0` gives each its
+own topic) and then sends one ping; its `ok` is the barrier that says it is subscribed.
+Reported:
 
 - connect+subscribe rate: connections done / (first connect -> last `ok`), and the latency
   p50/p95/p99 of one connection's handshake + ping `ok`;
@@ -332,9 +333,10 @@ async def run_idle(
 ) -> dict[str, Any]:
     """Open `connections` idle subscribers, measure, check they all still receive.
 
-    `topics` shared topics (0: one per connection); waves of `wave` concurrent connects, at
-    most `rate` connections/s if given. Raises `FileLimitTooLow` before connecting if this
-    process or the server (when `server_pid` is known) cannot hold that many sockets.
+    `topics` shared topics (0: one per connection); at most `wave` connects in progress at
+    once (a sliding window), at most `rate` connections/s if given. Raises `FileLimitTooLow`
+    before connecting if this process or the server (when `server_pid` is known) cannot
+    hold that many sockets.
     """
     check_file_limit(connections, server_pid)
     http, ws = Endpoint.parse(http_url), Endpoint.parse(ws_url)
@@ -374,13 +376,24 @@ async def run_idle(
             nursery.start_soon(fleet.serve)
             meter.start()
             first_start = time.perf_counter()
-            for first in range(0, connections, wave):
-                wave_started = time.perf_counter()
-                async with trio.open_nursery() as wave_nursery:
-                    for index in range(first, min(connections, first + wave)):
-                        wave_nursery.start_soon(connect, index)
-                if rate:
-                    await trio.sleep(max(0.0, wave_started + wave / rate - time.perf_counter()))
+            # A sliding window: the next connect starts as soon as one of the `wave` in
+            # progress ends (waves left the server idle while each waited for its slowest).
+            window = trio.Semaphore(wave)
+
+            async def connect_in_window(index: int) -> None:
+                try:
+                    await connect(index)
+                finally:
+                    window.release()
+
+            async with trio.open_nursery() as connecting:
+                for index in range(connections):
+                    await window.acquire()
+                    connecting.start_soon(connect_in_window, index)
+                    if rate:
+                        await trio.sleep(
+                            max(0.0, first_start + (index + 1) / rate - time.perf_counter())
+                        )
             cpu = meter.stop()
             connected = len(fleet.connections)
             connect_s = last_ack - first_start if connected else None
@@ -459,7 +472,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--topics", type=int, default=100,
                         help="shared topics (default 100); 0 = one topic per connection")
     parser.add_argument("--wave", type=int, default=250,
-                        help="connections opened concurrently per wave (default 250)")
+                        help="most connects in progress at once (default 250)")
     parser.add_argument("--rate", type=float, help="at most this many connections/s")
     parser.add_argument("--hold", type=float, default=0.0,
                         help="idle seconds between the last connection and the check")
@@ -480,7 +493,7 @@ def print_report(name: str, r: dict[str, Any]) -> None:
         return "-" if value is None else format(value, spec)
 
     print(f"{name}: {r['connected']}/{r['connections']} connected and subscribed, "
-          f"{r['failures']} failures, {r['topics']} topics, waves of {r['wave']}")
+          f"{r['failures']} failures, {r['topics']} topics, window of {r['wave']}")
     print(f"  connect+subscribe: {fmt(r['connect_per_s'])} connections/s over "
           f"{fmt(r['connect_s'], '.2f')} s; latency p50 {fmt(r['latency_p50_ms'], '.1f')} ms, "
           f"p95 {fmt(r['latency_p95_ms'], '.1f')} ms, p99 {fmt(r['latency_p99_ms'], '.1f')} ms")
