@@ -164,9 +164,15 @@ class ConnectionLost(Exception):
     write did not finish by the connection's deadline."""
 
 
-async def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+async def send_all(
+    sock: socket.socket,
+    data: bytes,
+    deadline: float,
+    waiting: Callable[[trio.CancelScope | None], None] | None = None,
+) -> None:
     """Write all of `data` to the non-blocking `sock` by `deadline`, waiting while the
-    kernel's buffer is full. Raises `ConnectionLost` if it cannot."""
+    kernel's buffer is full. Raises `ConnectionLost` if it cannot. `waiting` is told the
+    scope of each wait for room (and None after it), so a caller can shorten it."""
     while True:
         try:
             sent = sock.send(data)
@@ -178,8 +184,14 @@ async def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
             return
         if sent:
             data = memoryview(data)[sent:]  # type: ignore[assignment]
-        with trio.move_on_at(deadline) as scope:
-            await wait_writable(sock)
+        with trio.CancelScope(deadline=deadline) as scope:
+            if waiting is not None:
+                waiting(scope)
+            try:
+                await wait_writable(sock)
+            finally:
+                if waiting is not None:
+                    waiting(None)
         if scope.cancelled_caught:
             raise ConnectionLost("the client did not read in time")
 
@@ -372,27 +384,12 @@ class WebSocketConnection:
             self._request_close(await self._receive(data))
 
     async def _send(self, data: bytes) -> None:
-        """Write all of `data` by the connection's deadline (see `send_all`)."""
-        sock = self._sock
-        while True:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise ConnectionLost(exc) from exc
-            if sent == len(data):
-                return
-            if sent:
-                data = memoryview(data)[sent:]  # type: ignore[assignment]
-            wait = self._wait = trio.CancelScope(deadline=self._deadline)
-            try:
-                with wait:
-                    await wait_writable(sock)
-            finally:
-                self._wait = None
-            if wait.cancelled_caught:
-                raise ConnectionLost("the client did not read in time")
+        """Write all of `data` by the connection's deadline; a close decided meanwhile
+        shortens the wait (see `send_all`)."""
+        await send_all(self._sock, data, self._deadline, self._waiting)
+
+    def _waiting(self, scope: trio.CancelScope | None) -> None:
+        self._wait = scope
 
     async def _write_batch(self) -> None:
         """Write everything queued (up to MAX_BATCH_ITEMS), one send per MAX_BATCH_BYTES.
