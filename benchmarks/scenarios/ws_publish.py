@@ -17,7 +17,15 @@ from typing import Any
 import orjson
 import trio
 
-from ..lean import ProtocolError, close_socket, mask_frame, open_socket, send_all, ws_handshake
+from ..lean import (
+    ProtocolError,
+    close_socket,
+    mask_frame,
+    open_socket,
+    receive,
+    send_all,
+    ws_handshake,
+)
 from ..publisher import PublishOutcome
 from ..stats import latency_summary, rate
 from .context import NET_ERRORS, ScenarioContext, note
@@ -87,11 +95,7 @@ class WsPublisher:
         while True:
             frame = self._take_frame()
             if frame is None:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    data = sock.recv(RECEIVE_SIZE)
-                except BlockingIOError:
-                    continue
+                data = await receive(sock, RECEIVE_SIZE)
                 if not data:
                     raise ProtocolError("server closed the connection")
                 buf += data
