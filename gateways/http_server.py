@@ -117,7 +117,7 @@ class HttpServer:
                                                   None, close=True))
                     await _linger(stream)
                     return
-                keep_alive = request.head.keep_alive and not self.draining
+                keep_alive = request.head.keep_alive
                 try:
                     response = await self._handler(request)
                 except Exception:

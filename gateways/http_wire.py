@@ -119,10 +119,13 @@ def _request_line(line: bytes) -> tuple[str, bytes, bool]:
 
 def _head(method: str, target: bytes, http_11: bool,
           headers: tuple[tuple[bytes, bytes], ...]) -> RequestHead:
-    lengths = {value for name, value in headers if name == b"content-length"}
-    codings = [t for name, value in headers if name == b"transfer-encoding"
+    grouped: dict[bytes, list[bytes]] = {}  # one pass: each name's values, in order
+    for name, value in headers:
+        grouped.setdefault(name, []).append(value)
+    lengths = set(grouped.get(b"content-length", ()))
+    codings = [t for value in grouped.get(b"transfer-encoding", ())
                for t in value.lower().split(b",") if t.strip()]
-    host = [value for name, value in headers if name == b"host"]
+    host = grouped.get(b"host", [])
     if http_11 and len(host) != 1:
         raise HttpError(400, "an HTTP/1.1 request carries exactly one Host header")
     content_length: int | None = None
@@ -152,10 +155,10 @@ def _head(method: str, target: bytes, http_11: bool,
     else:
         raise HttpError(400, f"request target {target[:80]!r} is not a path")
 
-    connection = [t.strip().lower() for name, value in headers if name == b"connection"
+    connection = [t.strip().lower() for value in grouped.get(b"connection", ())
                   for t in value.split(b",")]
     keep_alive = b"close" not in connection if http_11 else b"keep-alive" in connection
-    expect = [value.lower() for name, value in headers if name == b"expect"]
+    expect = [value.lower() for value in grouped.get(b"expect", ())]
     return RequestHead(
         method=method,
         target=target.decode("ascii"),
