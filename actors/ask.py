@@ -2,6 +2,11 @@
 
 `Reply` is an event plus a slot rather than a memory channel pair: an answer is given at
 most once, and building one costs a fraction of a channel (it sits on the publish path).
+
+Waiting with a deadline (`wait_answered_by`) yields to the scheduler twice before it arms
+one: an actor with nothing queued answers within those rounds, and a cancel scope with a
+deadline costs more than the rest of the exchange (measured: ~15 us against a ~16 us round
+trip; `python -m benchmarks ws-publish`).
 """
 
 from __future__ import annotations
@@ -10,14 +15,19 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import trio
+from trio.lowlevel import checkpoint
 
 from .address import Address
-from .errors import AskTimeout
+from .errors import AskTimeout, MailboxFull
 
 R = TypeVar("R")
 M = TypeVar("M")
 
 _UNSET = object()
+# Scheduler rounds `wait_answered_by` gives the actor before arming a deadline. The asker
+# and the actor it just woke are both runnable; trio may run them in either order within
+# a round, so the answer of an idle actor is there after one round or, at most, two.
+SPIN_ROUNDS = 2
 
 
 class Reply(Generic[R]):
@@ -67,9 +77,20 @@ class Reply(Generic[R]):
             raise self._error
         return self._value  # type: ignore[return-value]
 
-    async def wait_answered(self) -> None:
-        """Wait until answered (or the caller's deadline); raises nothing of the answer's."""
-        await self._event.wait()
+    async def wait_answered_by(self, deadline: float) -> bool:
+        """Wait until answered or `deadline` (trio time) passes; True if answered.
+
+        Cheap when the actor answers at once: see `SPIN_ROUNDS` and the module docstring.
+        """
+        event = self._event
+        for _ in range(SPIN_ROUNDS):
+            if event.is_set():
+                return True
+            await checkpoint()
+        if not event.is_set():
+            with trio.move_on_at(deadline):
+                await event.wait()
+        return event.is_set()
 
     async def wait(self) -> R:
         """Wait for the answer; re-raises the exception given to `fail`."""
@@ -88,7 +109,11 @@ async def ask(
     `timeout`; past it `AskTimeout` is raised. `ActorStopped` if the actor is gone.
     """
     reply: Reply[R] = Reply()
-    with trio.move_on_after(timeout):
-        await address.tell(build(reply))
-        return await reply.wait()
+    deadline = trio.current_time() + timeout
+    try:
+        await address.tell_within(build(reply), timeout)
+    except MailboxFull:
+        raise AskTimeout(f"no room in the mailbox within {timeout:g}s") from None
+    if await reply.wait_answered_by(deadline):
+        return reply.result()
     raise AskTimeout(f"no answer within {timeout:g}s")

@@ -180,8 +180,7 @@ class Broker:
 
     async def _answer_by(self, reply: Reply[int], deadline: float, topic: str) -> int:
         """The offset, if the topic assigns one by `deadline`; else see `_outcome`."""
-        with trio.move_on_at(deadline):
-            await reply.wait_answered()
+        await reply.wait_answered_by(deadline)
         return self._outcome(reply, topic)
 
     def _outcome(self, reply: Reply[int], topic: str) -> int:
@@ -236,8 +235,7 @@ class Broker:
                 return
             # The topic answers in the order it was told: once the last is answered, all
             # are (one wait per group, not one scheduler round trip per message).
-            with trio.move_on_at(deadline):
-                await replies[-1][1].wait_answered()
+            await replies[-1][1].wait_answered_by(deadline)
             for index, reply in replies:
                 try:
                     results[index] = self._outcome(reply, topic)

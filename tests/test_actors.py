@@ -198,6 +198,54 @@ async def test_reply_wait_blocks_until_answered() -> None:
     assert got == ["now"]
 
 
+async def test_wait_answered_by_sees_an_idle_actors_answer_without_time_passing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    mailbox: Mailbox[tuple[int, Reply[int]]] = Mailbox(4)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(doubler, mailbox)
+        await trio.testing.wait_all_tasks_blocked()
+        started = trio.current_time()
+        reply: Reply[int] = Reply()
+        mailbox.address.tell_nowait((5, reply))
+        assert await reply.wait_answered_by(started + 10) is True
+        assert reply.result() == 10 and trio.current_time() == started
+        nursery.cancel_scope.cancel()
+
+
+async def test_wait_answered_by_waits_past_its_spin_rounds_for_a_late_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reply: Reply[str] = Reply()
+
+    async def late() -> None:
+        await trio.sleep(4)
+        reply.send("late")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(late)
+        started = trio.current_time()
+        assert await reply.wait_answered_by(started + 5) is True
+        assert reply.result() == "late" and trio.current_time() - started == 4
+
+
+async def test_wait_answered_by_gives_up_at_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reply: Reply[str] = Reply()
+    started = trio.current_time()
+    assert await reply.wait_answered_by(started + 2) is False
+    assert trio.current_time() - started == pytest.approx(2) and not reply.answered
+
+
+async def test_wait_answered_by_is_cancelled_by_an_enclosing_scope_while_spinning() -> None:
+    reply: Reply[str] = Reply()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await reply.wait_answered_by(trio.current_time() + 10)
+    assert scope.cancelled_caught and not reply.answered
+
+
 async def doubler(mailbox: Mailbox[tuple[int, Reply[int]]]) -> None:
     async for number, reply in mailbox:
         reply.send(number * 2)
