@@ -1,7 +1,9 @@
 """`TopicDirectory`: the actor that owns the name -> topic map and wildcard subscriptions.
 
 It creates each topic under the topics supervisor on first use, attaches the wildcard
-subscribers whose patterns match a new topic, and forgets topics that retired when idle.
+subscribers whose patterns match a new topic, tells a topic when it has been idle for
+`topic_idle_seconds` (`IdleTick`: the one timer for all topics, so a topic waits for its
+next request with no timeout of its own), and forgets topics that retired.
 Publishes do not pass through it: callers `find` a known topic without a message (the map
 has one writer, this actor; readers only read it, and a retired topic is skipped), and ask
 the directory only to create one.
@@ -9,6 +11,8 @@ the directory only to create one.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from actors import (
 
 from .connection import Subscriber
 from .errors import AlreadySubscribed, NotSubscribed, TooManyTopics
-from .messages import SubscribeResult, Unsubscribe
+from .messages import IdleTick, SubscribeResult, Unsubscribe
 from .metrics import BrokerCounters
 from .policies import CloseReason
 from .settings import Settings
@@ -109,6 +113,9 @@ class TopicDirectory:
         self.address: Address[DirectoryRequest] = self._mailbox.address
         self._topics: dict[str, TopicActor] = {}
         self._patterns: SubjectTrie[dict[int, Subscriber]] = SubjectTrie()
+        # When to look at each topic's `last_active` next: (trio time, tie-break, topic).
+        self._idle_checks: list[tuple[float, int, TopicActor]] = []
+        self._idle_order = itertools.count()
 
     def find(self, name: str) -> TopicActor | None:
         """The running topic `name`, if known; read-only, safe from any task, no message.
@@ -124,7 +131,10 @@ class TopicDirectory:
     async def run(self, *, task_status: trio.TaskStatus[Address[DirectoryRequest]]) -> None:
         task_status.started(self.address)
         while True:
-            request = await self._mailbox.receive()
+            request = await self._next_request()
+            if request is None:
+                self._check_idle()
+                continue
             try:
                 await self._handle(request)
             except Exception as exc:
@@ -133,6 +143,36 @@ class TopicDirectory:
                     reply.fail(exc)
                 if not isinstance(exc, TooManyTopics | AlreadySubscribed | NotSubscribed):
                     raise
+
+    async def _next_request(self) -> DirectoryRequest | None:
+        """The next request, or None when the first idle check is due."""
+        if not self._idle_checks:
+            return await self._mailbox.receive()
+        with trio.move_on_at(self._idle_checks[0][0]):
+            return await self._mailbox.receive()
+        return None
+
+    def _schedule_idle_check(self, at: float, topic: TopicActor) -> None:
+        heapq.heappush(self._idle_checks, (at, next(self._idle_order), topic))
+
+    def _check_idle(self) -> None:
+        """Tick each due topic whose `last_active` is `topic_idle_seconds` old; look again
+        at the others when theirs will be. A topic with a full mailbox is not idle."""
+        now = trio.current_time()
+        idle = self._settings.topic_idle_seconds
+        checks = self._idle_checks
+        while checks and checks[0][0] <= now:
+            _, _, topic = heapq.heappop(checks)
+            if topic.retired or self._topics.get(topic.name) is not topic:
+                continue  # forgotten: nothing more to check
+            due = topic.last_active + idle
+            if due <= now:
+                try:
+                    topic.address.tell_nowait(IdleTick())
+                except (MailboxFull, ActorStopped):
+                    pass
+                due = now + idle
+            self._schedule_idle_check(due, topic)
 
     async def _handle(self, request: DirectoryRequest) -> None:
         match request:
@@ -181,6 +221,8 @@ class TopicDirectory:
                     topic.attach(subscriber, pattern)
         await self._supervisor.start(name, topic.run, policy=TOPIC_RESTART_POLICY)
         self._topics[name] = topic
+        if self._settings.topic_idle_seconds > 0:
+            self._schedule_idle_check(topic.last_active + self._settings.topic_idle_seconds, topic)
         self._counters.topics_created += 1
         return topic
 

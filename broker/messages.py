@@ -121,7 +121,15 @@ class Pause:
     resume: trio.Event
 
 
-TopicRequest = Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Crash | Pause
+@dataclass(frozen=True, slots=True)
+class IdleTick:
+    """From the directory, when the topic's `last_active` is `topic_idle_seconds` old: forget
+    closed subscribers, and retire if nobody is left (see `TopicDirectory`)."""
+
+
+TopicRequest = (
+    Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Crash | Pause | IdleTick
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from .messages import (
     Crash,
     Flush,
     HistoryPage,
+    IdleTick,
     Message,
     Pause,
     Publish,
@@ -110,6 +111,10 @@ class TopicActor:
         self._last_write = -float("inf")
         self._hold_until: float | None = None
         self.retired = False
+        # When the last turn with work other than an `IdleTick` ended (trio time). Written
+        # only by this actor; the directory reads it to know when to send the next tick, so
+        # waiting for a request costs no per-wait timeout here.
+        self.last_active = trio.current_time()
 
     # -- the actor loop ------------------------------------------------------------------
 
@@ -125,8 +130,9 @@ class TopicActor:
         receive_nowait = self._mailbox.receive_nowait
         try:
             while not self.retired:
-                request: TopicRequest | None = await self._next_request()
+                request: TopicRequest | None = await self._mailbox.receive()
                 handled = 0
+                active = type(request) is not IdleTick
                 while request is not None:
                     if type(request) is Pause:
                         self._flush()
@@ -143,7 +149,11 @@ class TopicActor:
                         request = receive_nowait()
                     except trio.WouldBlock:
                         request = await self._held_request() if self._burst else None
+                    else:
+                        active = True
                 self._flush()  # the turn is over: each outbox writes its burst at once
+                if active:
+                    self.last_active = trio.current_time()
         finally:
             self._flush()  # even after a crash, nothing forwarded is left unsent
 
@@ -176,16 +186,13 @@ class TopicActor:
                 reply.fail(Unavailable(f"topic {self.name!r} failed: {exc}"))
             raise
 
-    async def _next_request(self) -> TopicRequest | None:
-        """The next request; None after an idle period (which forgot closed subscribers
-        and retired the topic if nobody is left)."""
-        if self._idle_seconds <= 0:
-            return await self._mailbox.receive()
-        with trio.move_on_after(self._idle_seconds):
-            return await self._mailbox.receive()
+    def _idle_tick(self) -> None:
+        """The directory thinks we are idle; check (a request may have come since), then
+        forget closed subscribers and retire if nobody is left."""
+        if trio.current_time() - self.last_active < self._idle_seconds:
+            return
         self._forget_closed()
         self._retire_if_idle()
-        return None
 
     def _forget_closed(self) -> None:
         """Drop subscribers whose connection has closed but whose unsubscribe never came
@@ -236,6 +243,8 @@ class TopicActor:
                         self._history.next_offset,
                     )
                 )
+            case IdleTick():
+                self._idle_tick()
             case Flush(reply):
                 self._flush()  # the asker expects everything before it written, not held
                 reply.send(None)

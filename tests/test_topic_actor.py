@@ -167,6 +167,25 @@ async def test_an_idle_topic_without_subscribers_is_reaped_and_recreated_fresh(
         assert await broker.publish("idle", broker.payload(b"x", None)) == 0
 
 
+async def test_a_topic_used_again_before_its_idle_check_is_kept_until_idle_from_then(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The directory's check at 60 s finds the publish of 50 s: the topic stays and is
+    looked at again at 110 s, when it has been idle 60 s."""
+    async with open_broker(Settings(topic_idle_seconds=60)) as broker:
+        started = trio.current_time()
+        await broker.publish("busy", broker.payload(b"x", None))
+        await trio.sleep(50)
+        await broker.publish("busy", broker.payload(b"x", None))
+        await trio.sleep(11)
+        assert {t.name for t in await broker.topics()} == {"busy"}
+        await trio.sleep_until(started + 109)
+        assert {t.name for t in await broker.topics()} == {"busy"}
+        await trio.sleep_until(started + 111)
+        assert await broker.topics() == []
+        assert broker.counters.topics_reaped == 1
+
+
 async def test_a_crashed_topic_restarts_with_history_and_subscribers_intact() -> None:
     render, _ = counting_render()
     async with open_broker(PAYLOAD_SETTINGS) as broker:
