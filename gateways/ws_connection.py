@@ -200,9 +200,10 @@ class WebSocketConnection:
     """One accepted WebSocket, served by the one task that calls `run` (see the module
     docstring). `evict` and `close_soon` may be called from any task.
 
-    No cancel scope spans the connection: each wait (for input, for room in the socket)
+    No cancel scope with a deadline spans the connection: each wait for room in the socket
     has its own, with the connection's `_deadline` (infinite until it is closing), so a
-    close decided while the task waits shortens the wait in progress.
+    close decided while the task waits shortens the wait in progress. Waits for input are
+    cut short by `_wake_up` (see `_serve`).
     """
 
     __slots__ = (
@@ -219,6 +220,7 @@ class WebSocketConnection:
         "_parts",
         "_patterns",
         "_pending",
+        "_reading",
         "_settings",
         "_size",
         "_sock",
@@ -258,7 +260,8 @@ class WebSocketConnection:
         self._close_requested: CloseReason | None = None
         self.close_reason: CloseReason | None = None
         self._deadline = math.inf  # by when a closing connection must be done
-        self._wake: trio.CancelScope | None = None  # the wait for input, while waiting
+        self._wake = trio.CancelScope()  # cancelled by `_wake_up` (see `_serve`)
+        self._reading = False  # waiting for input: a wake-up may cancel `_wake`
         self._wait: trio.CancelScope | None = None  # any other wait in progress
         self._frame_wrap = text_frame if wire_format is WireFormat.JSON else binary_frame
         self._parts: list[Any] | None = None  # a fragmented client message, so far
@@ -328,13 +331,12 @@ class WebSocketConnection:
 
     def _close_within(self, seconds: float) -> None:
         self._deadline = deadline = min(self._deadline, trio.current_time() + seconds)
-        for scope in (self._wake, self._wait):
-            if scope is not None:
-                scope.deadline = deadline
+        if self._wait is not None:  # a wait for input is cut short by `_wake_up` instead
+            self._wait.deadline = deadline
 
     def _wake_up(self) -> None:
         """The outbox (or a close) needs the task: stop its wait for input, if it waits."""
-        if self._wake is not None:
+        if self._reading:
             self._wake.cancel()
 
     def _lost(self) -> None:
@@ -345,32 +347,50 @@ class WebSocketConnection:
     # -- the connection's task -----------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Write what the fast path left, read and answer requests, until closed."""
+        """Write what the fast path left, read and answer requests, until closed.
+
+        One cancel scope lasts from one wake-up to the next, not one per wait for input:
+        entering a scope costs about as much as parsing a request
+        (`python -m benchmarks ws-publish`). `_wake_up` cancels it only while the task
+        waits for input (`_reading`), so no other wait is ever cut short by a wake-up.
+        """
+        read_first = True
+        while True:
+            wake = self._wake = trio.CancelScope()
+            with wake:
+                read_first = await self._serve_until_woken(wake, read_first)
+                if read_first is None:
+                    return
+                continue  # woken as input came: leave the cancelled scope, then read
+            read_first = False  # woken while waiting for input: see what the wake is for
+
+    async def _serve_until_woken(self, wake: trio.CancelScope, read_first: bool) -> bool | None:
+        """`_serve` inside one wake scope: None when the connection is done; True when the
+        scope was cancelled just as input arrived (leave it before awaiting anything)."""
         sock = self._sock
         outbox = self.outbox
         # A client's first request (after its subscriptions were made) is usually there
-        # already: try to read it before waiting (a wait costs a scope, an epoll update and
-        # a scheduler round).
-        wait_first = False
+        # already: try to read it before waiting (a wait costs an epoll update and a
+        # scheduler round).
+        wait_first = not read_first
         while True:
             if self._evicted is not None:
                 await self._finish(self._evicted)
-                return
+                return None
             if len(outbox):  # what the kernel did not take at once
                 await self._write_batch()
                 continue
             if self._close_requested is not None:
                 await self._finish(self._close_requested)
-                return
+                return None
             if wait_first:
-                wake = self._wake = trio.CancelScope(deadline=self._deadline)
+                self._reading = True
                 try:
-                    with wake:
-                        await wait_readable(sock)
+                    await wait_readable(sock)  # a wake-up raises Cancelled out of `wake`
                 finally:
-                    self._wake = None
-                if wake.cancelled_caught:
-                    continue  # woken (or out of time: the next write says so)
+                    self._reading = False
+                if wake.cancel_called:
+                    return True
             wait_first = True
             try:
                 data = sock.recv(RECEIVE_SIZE)
@@ -380,7 +400,7 @@ class WebSocketConnection:
                 data = b""
             if not data:
                 self._lost()
-                return
+                return None
             self._request_close(await self._receive(data))
 
     async def _send(self, data: bytes) -> None:
