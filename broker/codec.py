@@ -137,8 +137,16 @@ def _json_default(value: Any) -> Any:
 
 
 def to_json(value: Any) -> bytes:
-    """JSON text of any decoded value (see `jsonable` and `_json_default`)."""
-    return orjson.dumps(jsonable(value), default=_json_default)
+    """JSON text of any decoded value (see `jsonable` and `_json_default`).
+
+    Plain JSON values (all that a JSON connection ever sends) are written as they are:
+    orjson raises TypeError on everything `jsonable` would change (byte strings, tags,
+    sets, non-string keys, integers beyond 64 bits), and only then is the value walked.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(jsonable(value), default=_json_default)
 
 
 def jsonable(value: Any) -> Any:

@@ -19,13 +19,16 @@ from broker.codec import (
     SubscribeRequest,
     UnsubscribeRequest,
     WireFormat,
+    _json_default,
     check_payload,
     decode_batch,
     decode_request,
     encode_message_cbor,
     encode_message_json,
     encode_ok,
+    jsonable,
     payload_kind,
+    to_json,
 )
 from broker.errors import InvalidPayload, InvalidTopic, PayloadTooLarge
 from broker.messages import Message, Payload
@@ -449,3 +452,21 @@ def test_request_ids_keep_their_full_int64_range_and_unechoable_ids_are_refused(
     with pytest.raises(RequestRejected) as rejected:
         decode_request(WireFormat.CBOR, cyclic_id, 1024)
     assert rejected.value.error.code == "invalid_frame"
+
+
+CBOR_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False) | st.text(max_size=8) | st.binary(max_size=8)
+    | st.just(cbor2.undefined),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=4) | st.integers(), children, max_size=4)
+    | st.builds(cbor2.CBORTag, st.integers(min_value=6, max_value=20), children),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300)
+@given(CBOR_VALUES)
+def test_to_json_writes_plain_values_directly_and_the_rest_as_the_walk_does(value: Any) -> None:
+    """The fast path (orjson first) gives the same text as walking with `jsonable`."""
+    assert to_json(value) == orjson.dumps(jsonable(value), default=_json_default)
