@@ -76,6 +76,16 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishBatch:
+    """Payloads for one topic from one bulk publish: consecutive offsets, one reply (the
+    first offset); accepted or withdrawn together. One message instead of one per
+    payload (`python -m benchmarks bulk`)."""
+
+    payloads: tuple[Payload, ...]
+    reply: Reply[int]
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     subscriber: Subscriber
     pattern: str
@@ -128,7 +138,8 @@ class IdleTick:
 
 
 TopicRequest = (
-    Publish | Subscribe | Unsubscribe | ReadHistory | Flush | Crash | Pause | IdleTick
+    Publish | PublishBatch | Subscribe | Unsubscribe | ReadHistory | Flush | Crash | Pause
+    | IdleTick
 )
 
 

@@ -50,6 +50,7 @@ from .messages import (
     Pause,
     Payload,
     Publish,
+    PublishBatch,
     ReadHistory,
     Subscribe,
     SubscribeResult,
@@ -66,6 +67,10 @@ log = logging.getLogger("broker")
 # Bound on waiting for an actor that has accepted a request to answer it. Actors answer
 # in microseconds; this only fires if one is wedged, and turns a hang into `Unavailable`.
 ANSWER_TIMEOUT = 10.0
+# Messages of one bulk publish sent to a topic as one request (`PublishBatch`): one
+# mailbox slot and one reply for up to this many, so a topic's mailbox holds at most
+# `mailbox_size` x this many bulk messages.
+BATCH_MESSAGES = 64
 # A topic that retires between our lookup and our put is looked up again this often.
 LOOKUP_ATTEMPTS = 3
 DIRECTORY_RESTART_POLICY = RestartPolicy(max_restarts=10, window_seconds=60.0)
@@ -213,34 +218,43 @@ class Broker:
         deadline = trio.current_time() + self.settings.publish_timeout
 
         async def publish_group(topic: str, indexes: list[int]) -> None:
-            replies: list[tuple[int, Reply[int]]] = []
+            chunks = [
+                indexes[at:at + BATCH_MESSAGES] for at in range(0, len(indexes), BATCH_MESSAGES)
+            ]
+            told: list[tuple[list[int], Reply[int]]] = []
             try:
                 actor = await self._lookup(topic, create=True)
                 assert actor is not None
-                for index in indexes:
+                for chunk in chunks:
                     reply: Reply[int] = Reply()
+                    payloads = tuple(batch[index][1] for index in chunk)
                     try:
                         await actor.address.tell_within(
-                            Publish(batch[index][1], reply), deadline - trio.current_time()
+                            PublishBatch(payloads, reply), deadline - trio.current_time()
                         )
                     except MailboxFull:
                         raise self._busy(topic) from None
                     except ActorStopped:
                         raise Unavailable(f"topic {topic!r} retired; retry") from None
-                    replies.append((index, reply))
+                    told.append((chunk, reply))
             except BrokerError as exc:
-                for index in indexes[len(replies):]:
-                    results[index] = exc
-            if not replies:
+                for chunk in chunks[len(told):]:
+                    for index in chunk:
+                        results[index] = exc
+            if not told:
                 return
             # The topic answers in the order it was told: once the last is answered, all
             # are (one wait per group, not one scheduler round trip per message).
-            await replies[-1][1].wait_answered_by(deadline)
-            for index, reply in replies:
+            await told[-1][1].wait_answered_by(deadline)
+            for chunk, reply in told:
                 try:
-                    results[index] = self._outcome(reply, topic)
+                    first = self._outcome(reply, topic)
                 except BrokerError as exc:
-                    results[index] = exc
+                    for index in chunk:
+                        results[index] = exc
+                else:
+                    for offset, index in enumerate(chunk, first):
+                        results[index] = offset
 
         if len(groups) == 1:
             for topic, indexes in groups.items():

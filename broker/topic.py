@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,9 @@ from .messages import (
     IdleTick,
     Message,
     Pause,
+    Payload,
     Publish,
+    PublishBatch,
     ReadHistory,
     Subscribe,
     SubscribeResult,
@@ -103,6 +106,8 @@ class TopicActor:
         self._subscriptions: dict[int, _Subscription] = {}
         # `block` policy: a message and the subscribers whose full outbox it waits for.
         self._blocked: tuple[Message, list[Subscriber]] | None = None
+        # A batch's messages still to forward while `_blocked` waits (block policy).
+        self._backlog: deque[Message] = deque()
         # Messages forwarded this turn as a burst (lone=False): outboxes hold them until
         # the end of the turn, when `_flush` has each write them at once.
         self._burst: list[Message] = []
@@ -139,7 +144,7 @@ class TopicActor:
                         await request.resume.wait()
                     else:
                         self._handle_or_fail(request)
-                        if self._blocked is not None:
+                        while self._blocked is not None:
                             self._flush()
                             await self._deliver_blocked()
                     handled += 1
@@ -217,16 +222,19 @@ class TopicActor:
             case Publish(payload, reply):
                 if reply.cancelled:
                     return  # the publisher timed out and was told 503: not accepted
-                offset = self._history.next_offset
-                message = Message(
-                    self.name, offset, payload.data, payload.content_type, payload.kind,
-                    time.time(),
-                )
-                self._history.append(message)
-                self._counters.published += 1
-                reply.send(offset)
+                message = self._accept(payload, time.time())
+                reply.send(message.offset)  # before forwarding: accepted even if that fails
                 if self._subscriptions:
                     self._forward(message)
+            case PublishBatch(payloads, reply):
+                if reply.cancelled:
+                    return
+                now = time.time()
+                messages = [self._accept(payload, now) for payload in payloads]
+                reply.send(messages[0].offset)
+                if self._subscriptions:
+                    self._backlog.extend(messages)
+                    self._forward_backlog()
             case Subscribe(subscriber, pattern, start, ack, reply):
                 result = self._subscribe(subscriber, pattern, start, ack)
                 if reply is not None:
@@ -253,7 +261,24 @@ class TopicActor:
 
     # -- subscribers ----------------------------------------------------------------------
 
-    def _forward(self, message: Message) -> None:
+    def _accept(self, payload: Payload, timestamp: float) -> Message:
+        """Give `payload` the next offset and retain it."""
+        message = Message(
+            self.name, self._history.next_offset, payload.data, payload.content_type,
+            payload.kind, timestamp,
+        )
+        self._history.append(message)
+        self._counters.published += 1
+        return message
+
+    def _forward_backlog(self) -> None:
+        """Forward a batch's messages in order, as one burst; stop at one that leaves
+        subscribers `_blocked` (the run loop waits for them, then forwards the rest)."""
+        backlog = self._backlog
+        while backlog and self._blocked is None:
+            self._forward(backlog.popleft(), more=True)
+
+    def _forward(self, message: Message, *, more: bool = False) -> None:
         """Offer the message to every subscriber's outbox, never waiting here.
 
         A full outbox gets the topic's policy: disconnect evicts, drop-oldest drops, block
@@ -274,7 +299,7 @@ class TopicActor:
                 self._hold_until = now + delay
                 lone = False
             else:
-                lone = not self._mailbox.depth
+                lone = not more and not self._mailbox.depth
         if not lone:
             self._burst.append(message)
         for subscriber_id, subscription in self._subscriptions.items():
@@ -321,6 +346,7 @@ class TopicActor:
                 self._counters.forwarded += 1
             else:
                 self._subscriptions.pop(subscriber.id, None)
+        self._forward_backlog()  # the rest of a batch, if it was blocked midway
 
     def _evict(self, subscriber: Subscriber) -> None:
         self._counters.slow_consumer_disconnects += 1

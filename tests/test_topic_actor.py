@@ -304,7 +304,7 @@ async def test_a_bulk_batch_the_topic_cannot_finish_in_time_is_refused_per_messa
         started = trio.current_time()
         results = await broker.publish_many(batch)
         assert trio.current_time() - started == pytest.approx(0.5)
-        # Three fit the paused topic's mailbox but were not answered; two found no room.
+        # t's five travel as one PublishBatch, which the paused topic never answered.
         assert [type(r).__name__ for r in results] == (
             ["TopicBusy"] * 2 + ["int"] + ["TopicBusy"] * 3
         )
@@ -313,6 +313,50 @@ async def test_a_bulk_batch_the_topic_cannot_finish_in_time_is_refused_per_messa
         await broker.flush()
         # None of the refused was published later.
         assert [m.data for m in (await broker.history("t", 0, 10)).messages] == [b"seed"]
+
+
+async def test_a_bulk_publish_gets_consecutive_offsets_across_its_batch_requests() -> None:
+    """150 messages for one topic travel as three PublishBatch requests (64 + 64 + 22);
+    offsets follow request order, other topics are unaffected, subscribers get all."""
+    render, _ = counting_render()
+    async with open_broker(PAYLOAD_SETTINGS) as broker:
+        connection = FakeConnection(1, 1000, render)
+        await broker.subscribe(connection.subscriber, "t")
+        await broker.publish("t", broker.payload(b"seed", None))
+        batch = [("t", broker.payload(b"%d" % n, None)) for n in range(150)]
+        batch.insert(70, ("u", broker.payload(b"other", None)))
+        results = await broker.publish_many(batch)
+        assert results[:70] == list(range(1, 71)) and results[70] == 0
+        assert results[71:] == list(range(71, 151))
+        await broker.flush()
+        assert await connection.drain() == [f"frame-{n}".encode() for n in range(151)]
+        page = await broker.history("t", 1, 200)
+        assert [m.data for m in page.messages] == [b"%d" % n for n in range(150)]
+
+
+async def test_a_bulk_batch_on_a_block_topic_waits_for_the_slow_outbox_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The batch is accepted at once (offsets answered before forwarding); forwarding stops
+    at the message a full outbox cannot take and resumes, in order, as it drains."""
+    render, _ = counting_render()
+    async with open_broker(BLOCKING) as broker:
+        slow, fast = FakeConnection(1, 2, render), FakeConnection(2, 100, render)
+        await broker.subscribe(slow.subscriber, "t")
+        await broker.subscribe(fast.subscriber, "t")
+        results = await broker.publish_many([("t", broker.payload(b"x", None))] * 6)
+        assert results == [0, 1, 2, 3, 4, 5]
+        await trio.testing.wait_all_tasks_blocked()
+        assert broker.counters.slow_consumer_waits >= 1
+        delivered: list[object] = []
+        for _ in range(10):  # the slow reader drains a little at a time
+            delivered.extend(await slow.drain())
+            await trio.testing.wait_all_tasks_blocked()
+        await broker.flush()
+        delivered.extend(await slow.drain())
+        expected = [f"frame-{n}".encode() for n in range(6)]
+        assert delivered == expected and await fast.drain() == expected
+        assert slow.evicted == []
 
 
 async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
@@ -485,3 +529,18 @@ async def test_a_flush_request_writes_a_held_burst_first(
         await broker.flush()
         assert trio.current_time() - before < 0.5
         assert b"".join(data for _, data in sock.writes) == b"frame-0frame-1frame-2"
+
+
+async def test_a_bulk_batch_is_written_to_each_subscriber_in_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Even with no flush delay and a quiet topic, a batch's messages are one burst."""
+    render, _ = counting_render()
+    async with open_broker(batching(0)) as broker:
+        sockets = [RecordingSocket(i, render) for i in (1, 2)]
+        for sock in sockets:
+            await broker.subscribe(sock.subscriber, "t")
+        assert await broker.publish_many([("t", broker.payload(b"x", None))] * 3) == [0, 1, 2]
+        await trio.testing.wait_all_tasks_blocked()
+        for sock in sockets:
+            assert [data for _, data in sock.writes] == [b"frame-0frame-1frame-2"]
