@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from trio.lowlevel import wait_readable, wait_writable
+from trio.lowlevel import wait_readable
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
@@ -63,6 +63,7 @@ from broker.codec import (
     UnsubscribeRequest,
 )
 
+from .tcp import ConnectionLost, send_all
 from .ws_handshake import Accept
 from .wsframe import binary_frame, text_frame
 
@@ -157,43 +158,6 @@ def unmask(buffer: bytes, start: int, end: int) -> bytes:
     return (
         int.from_bytes(buffer[start:end], "little") ^ int.from_bytes(key[:length], "little")
     ).to_bytes(length, "little")
-
-
-class ConnectionLost(Exception):
-    """Nothing more can be said on this socket: the peer is gone (a send failed), or a
-    write did not finish by the connection's deadline."""
-
-
-async def send_all(
-    sock: socket.socket,
-    data: bytes,
-    deadline: float,
-    waiting: Callable[[trio.CancelScope | None], None] | None = None,
-) -> None:
-    """Write all of `data` to the non-blocking `sock` by `deadline`, waiting while the
-    kernel's buffer is full. Raises `ConnectionLost` if it cannot. `waiting` is told the
-    scope of each wait for room (and None after it), so a caller can shorten it."""
-    while True:
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise ConnectionLost(exc) from exc
-        if sent == len(data):
-            return
-        if sent:
-            data = memoryview(data)[sent:]  # type: ignore[assignment]
-        with trio.CancelScope(deadline=deadline) as scope:
-            if waiting is not None:
-                waiting(scope)
-            try:
-                await wait_writable(sock)
-            finally:
-                if waiting is not None:
-                    waiting(None)
-        if scope.cancelled_caught:
-            raise ConnectionLost("the client did not read in time")
 
 
 class WebSocketConnection:

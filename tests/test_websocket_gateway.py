@@ -353,16 +353,16 @@ def test_accepted_connections_have_no_nagle_delay_and_a_low_unsent_mark() -> Non
     """As trio's SocketStream would set them; on Linux inherited from the listener."""
     import socket
 
-    from gateways.websocket import NOTSENT_LOWAT, _prepare, _set_tcp_options
+    from gateways.tcp import NOTSENT_LOWAT, prepare, set_tcp_options
 
     with socket.socket() as listener, socket.socket() as client:
-        _set_tcp_options(listener)
+        set_tcp_options(listener)
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         client.connect(listener.getsockname())
         accepted, _ = listener.accept()
         with accepted:
-            assert _prepare(accepted)
+            assert prepare(accepted)
             assert not accepted.getblocking()
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             if hasattr(socket, "TCP_NOTSENT_LOWAT"):
