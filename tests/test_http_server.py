@@ -32,8 +32,9 @@ async def start_server(
 ) -> tuple[HttpServer, int]:
     server = HttpServer(handler, max_body=max_body, keep_alive=keep_alive)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]  # the server takes the sockets over
     await nursery.start(server.serve, listeners)
-    return server, listeners[0].socket.getsockname()[1]
+    return server, port
 
 
 async def read_response(stream: trio.SocketStream, buffer: bytearray) -> tuple[bytes, bytes]:
