@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from broker import (
+    Broker,
     CloseReason,
     Gap,
     Message,
@@ -51,6 +52,17 @@ class FakeConnection:
         batch = await self.outbox.take(10_000)
         self.outbox.written()
         return [self.outbox.render(i) if isinstance(i, Message) else i for i in batch]
+
+
+async def drain_slowly(broker: Broker, connection: FakeConnection) -> list[object]:
+    """Read a slow subscriber a little at a time, letting the topic go on between reads."""
+    delivered: list[object] = []
+    for _ in range(10):
+        delivered.extend(await connection.drain())
+        await trio.testing.wait_all_tasks_blocked()
+    await broker.flush()
+    delivered.extend(await connection.drain())
+    return delivered
 
 
 def counting_render() -> tuple[Callable[[Message], bytes], list[int]]:
@@ -348,12 +360,7 @@ async def test_a_bulk_batch_on_a_block_topic_waits_for_the_slow_outbox_and_loses
         assert results == [0, 1, 2, 3, 4, 5]
         await trio.testing.wait_all_tasks_blocked()
         assert broker.counters.slow_consumer_waits >= 1
-        delivered: list[object] = []
-        for _ in range(10):  # the slow reader drains a little at a time
-            delivered.extend(await slow.drain())
-            await trio.testing.wait_all_tasks_blocked()
-        await broker.flush()
-        delivered.extend(await slow.drain())
+        delivered = await drain_slowly(broker, slow)
         expected = [f"frame-{n}".encode() for n in range(6)]
         assert delivered == expected and await fast.drain() == expected
         assert slow.evicted == []
@@ -380,12 +387,7 @@ async def test_block_topic_loses_nothing_and_pushes_back_on_publishers(
         # published later). Nothing accepted is lost.
         assert accepted == [0, 1, 2] and refused == 3
         assert slow.evicted == [] and broker.counters.slow_consumer_waits == 1
-        delivered: list[object] = []
-        for _ in range(10):  # the slow reader drains a little at a time
-            delivered.extend(await slow.drain())
-            await trio.testing.wait_all_tasks_blocked()
-        await broker.flush()
-        delivered.extend(await slow.drain())
+        delivered = await drain_slowly(broker, slow)
         expected = [f"frame-{n}".encode() for n in accepted]
         assert delivered == expected
         assert await fast.drain() == expected
