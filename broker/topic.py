@@ -53,6 +53,11 @@ ACCEPTED, FULL = Offer.ACCEPTED, Offer.FULL
 # Requests handled per scheduling turn before the topic yields to other tasks: large
 # enough to batch a burst, small enough (~1 ms of work) to keep other topics responsive.
 TURN_REQUESTS = 256
+# From this many subscribers, a publisher's answer goes out before the topic writes the
+# message to them (`_next_in_burst`): the writes cost more than the scheduler round that
+# lets the publisher go first. Below it, the frames are written at once: a lone message
+# to a few subscribers keeps its latency (`python -m benchmarks e2e`: 20 subscribers).
+ANSWER_FIRST_SUBSCRIBERS = 64
 
 
 class TopicRetired(Exception):
@@ -179,10 +184,11 @@ class TopicActor:
 
     async def _next_in_burst(self) -> TopicRequest | None:
         """With a burst to write and nothing queued: a request that joins it, or None
-        (time to write). Publishers answered this turn run first (one scheduler round),
-        so their answers go out before the burst's writes, and their next publish
-        overlaps with those writes instead of waiting for them (`python -m benchmarks
-        broadcast fanout`)."""
+        (time to write). Publishers answered this turn with a message for at least
+        `ANSWER_FIRST_SUBSCRIBERS` run first (one scheduler round), so their answers
+        usually go out before the burst's writes, and their next publish overlaps with
+        those writes instead of waiting for them (`python -m benchmarks fanout
+        sustained`)."""
         request = await self._held_request()
         if request is None and self._answered:
             self._answered = False
@@ -244,10 +250,11 @@ class TopicActor:
                     return  # the publisher timed out and was told 503: not accepted
                 message = self._accept(payload, time.time())
                 reply.send(message.offset)  # before forwarding: accepted even if that fails
-                if self._subscriptions:
+                if len(self._subscriptions) >= ANSWER_FIRST_SUBSCRIBERS:
                     self._answered = True
                     self._forward(message, more=True)  # written after the answer
-
+                elif self._subscriptions:
+                    self._forward(message)  # a few writes: at once (light-load latency)
             case PublishBatch(payloads, reply):
                 if reply.cancelled:
                     return
@@ -255,7 +262,7 @@ class TopicActor:
                 messages = [self._accept(payload, now) for payload in payloads]
                 reply.send(messages[0].offset)
                 if self._subscriptions:
-                    self._answered = True
+                    self._answered = len(self._subscriptions) >= ANSWER_FIRST_SUBSCRIBERS
                     self._backlog.extend(messages)
                     self._forward_backlog()
             case Subscribe(subscriber, pattern, start, ack, reply):
