@@ -28,7 +28,7 @@ from trio.lowlevel import notify_closing, wait_readable
 
 from .errors import HTTP_CODES, error_body
 from .http_wire import CONTINUE, HttpError, RequestHead, parse_chunked, parse_head, response_head
-from .tcp import ConnectionLost, accept_loop, send_all, take_over
+from .tcp import ConnectionLost, accept_loop, receive, send_all, take_over
 
 log = logging.getLogger("gateways.http_server")
 
@@ -232,23 +232,17 @@ LINGER_BYTES = 4 * 1024 * 1024
 
 async def _linger(sock: socket.socket) -> None:
     """Half-close, then discard what the client still sends, within bounds."""
-    with trio.move_on_after(LINGER_SECONDS):
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    deadline = trio.current_time() + LINGER_SECONDS
+    discarded = 0
+    while discarded < LINGER_BYTES:
+        data = await receive(sock, deadline, RECEIVE_SIZE)
+        if not data:  # end of stream, or out of time
             return
-        discarded = 0
-        while discarded < LINGER_BYTES:
-            try:
-                data = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                await wait_readable(sock)
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            discarded += len(data)
+        discarded += len(data)
 
 
 _KEEP_ALIVE_10 = ((b"connection", b"keep-alive"),)

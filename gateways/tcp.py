@@ -116,6 +116,22 @@ class ConnectionLost(Exception):
     write did not finish by the connection's deadline."""
 
 
+async def receive(sock: socket.socket, deadline: float, size: int = 65536) -> bytes:
+    """The next bytes from `sock` by `deadline` (trio time); b"" at the end of the stream,
+    on an error or at the deadline. Bytes already there are read with no wait or timer."""
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            pass
+        except OSError:
+            return b""
+        with trio.move_on_at(deadline) as scope:
+            await wait_readable(sock)
+        if scope.cancelled_caught:
+            return b""
+
+
 async def send_all(
     sock: socket.socket,
     data: bytes,
@@ -152,6 +168,7 @@ __all__ = [
     "ConnectionLost",
     "accept_loop",
     "prepare",
+    "receive",
     "send_all",
     "set_tcp_options",
     "take_over",

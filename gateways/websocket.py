@@ -18,12 +18,12 @@ import socket
 from functools import partial
 
 import trio
-from trio.lowlevel import notify_closing, wait_readable
+from trio.lowlevel import notify_closing
 
 from broker import Broker, CloseReason, Settings
 
 from .http_wire import HttpError, parse_head
-from .tcp import ConnectionLost, accept_loop, send_all, take_over
+from .tcp import ConnectionLost, accept_loop, receive, send_all, take_over
 from .ws_connection import (
     RECEIVE_SIZE,
     RENDERERS,
@@ -50,17 +50,8 @@ async def _handshake(sock: socket.socket, settings: Settings) -> tuple[Accept, b
     deadline = trio.current_time() + settings.handshake_timeout
     buffer = b""
     while True:
-        try:
-            data = sock.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            with trio.move_on_at(deadline) as scope:
-                await wait_readable(sock)
-            if scope.cancelled_caught:
-                return None
-            continue
-        except OSError:
-            return None
-        if not data:
+        data = await receive(sock, deadline, RECEIVE_SIZE)
+        if not data:  # end of stream, or out of time
             return None
         buffer += data
         try:

@@ -63,7 +63,7 @@ from broker.codec import (
     UnsubscribeRequest,
 )
 
-from .tcp import ConnectionLost, send_all
+from .tcp import ConnectionLost, receive, send_all
 from .ws_handshake import Accept
 from .wsframe import binary_frame, text_frame
 
@@ -431,19 +431,9 @@ class WebSocketConnection:
         if self._pending:  # a client frame begun before our close: wsproto reads it on
             ws.receive_data(self._pending)
             self._pending = b""
-        sock = self._sock
         while ws.state in _LINGERING:
-            with trio.move_on_at(self._deadline) as scope:
-                await wait_readable(sock)
-            if scope.cancelled_caught:
-                return
-            try:
-                data = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if not data:
+            data = await receive(self._sock, self._deadline, RECEIVE_SIZE)
+            if not data:  # end of stream, or out of time
                 return
             ws.receive_data(data)
             for _ in ws.events():
