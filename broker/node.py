@@ -171,7 +171,8 @@ class Broker:
                 raise self._busy(topic) from None
             except ActorStopped:
                 continue
-            offset = await self._answer_by(reply, deadline, topic)
+            await reply.wait_answered_by(deadline)
+            offset = self._outcome(reply, topic)
             self._publish_timer(time.perf_counter() - started)
             return offset
         raise Unavailable(f"topic {topic!r} kept retiring; retry")
@@ -182,11 +183,6 @@ class Broker:
             f"topic {topic!r} is busy: it did not take the message within "
             f"{self.settings.publish_timeout:g}s; it was not accepted, retry later"
         )
-
-    async def _answer_by(self, reply: Reply[int], deadline: float, topic: str) -> int:
-        """The offset, if the topic assigns one by `deadline`; else see `_outcome`."""
-        await reply.wait_answered_by(deadline)
-        return self._outcome(reply, topic)
 
     def _outcome(self, reply: Reply[int], topic: str) -> int:
         """The answer, or if none came in time the publish is withdrawn (the topic will
