@@ -469,6 +469,16 @@ class RecordingSocket:
         return len(data)
 
 
+async def recording_subscribers(
+    broker: Broker, render: Callable[[Message], bytes], count: int
+) -> list[RecordingSocket]:
+    """`count` recording subscribers of topic "t" (connection ids 1..count)."""
+    sockets = [RecordingSocket(i, render) for i in range(1, count + 1)]
+    for sock in sockets:
+        await broker.subscribe(sock.subscriber, "t")
+    return sockets
+
+
 def batching(delay: float) -> Settings:
     return Settings(topic_idle_seconds=0, topic_defaults=TopicSettings(flush_delay=delay))
 
@@ -481,9 +491,7 @@ async def test_sustained_publishing_is_written_in_batches_and_a_quiet_topic_at_o
     publishers get their offsets without waiting for the write."""
     render, _ = counting_render()
     async with open_broker(batching(0.001)) as broker:
-        sockets = [RecordingSocket(i, render) for i in (1, 2)]
-        for sock in sockets:
-            await broker.subscribe(sock.subscriber, "t")
+        sockets = await recording_subscribers(broker, render, 2)
         payload = broker.payload(b"x", None)
         start = trio.current_time()
         assert await broker.publish("t", payload) == 0
@@ -509,8 +517,7 @@ async def test_with_no_flush_delay_every_message_is_written_at_once(
 ) -> None:
     render, _ = counting_render()
     async with open_broker(batching(0)) as broker:
-        sock = RecordingSocket(1, render)
-        await broker.subscribe(sock.subscriber, "t")
+        [sock] = await recording_subscribers(broker, render, 1)
         for _ in range(4):
             await broker.publish("t", broker.payload(b"x", None))
             await trio.sleep(0.0002)
@@ -523,8 +530,7 @@ async def test_a_flush_request_writes_a_held_burst_first(
     """`broker.flush()` (drain uses it) must not return while a burst is held."""
     render, _ = counting_render()
     async with open_broker(batching(0.5)) as broker:
-        sock = RecordingSocket(1, render)
-        await broker.subscribe(sock.subscriber, "t")
+        [sock] = await recording_subscribers(broker, render, 1)
         for _ in range(3):
             await broker.publish("t", broker.payload(b"x", None))
         before = trio.current_time()
@@ -539,9 +545,7 @@ async def test_a_bulk_batch_is_written_to_each_subscriber_in_one_write(
     """Even with no flush delay and a quiet topic, a batch's messages are one burst."""
     render, _ = counting_render()
     async with open_broker(batching(0)) as broker:
-        sockets = [RecordingSocket(i, render) for i in (1, 2)]
-        for sock in sockets:
-            await broker.subscribe(sock.subscriber, "t")
+        sockets = await recording_subscribers(broker, render, 2)
         assert await broker.publish_many([("t", broker.payload(b"x", None))] * 3) == [0, 1, 2]
         await trio.testing.wait_all_tasks_blocked()
         for sock in sockets:
