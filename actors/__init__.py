@@ -5,7 +5,7 @@ Imports only trio. An actor is a task that owns its state and receives from a bo
 """
 
 from .address import Address
-from .ask import Reply, ask
+from .ask import Answer, Reply, ask
 from .errors import ActorError, ActorStopped, AskTimeout, MailboxFull
 from .mailbox import Mailbox, MailboxStatistics
 from .supervisor import (
@@ -22,6 +22,7 @@ __all__ = [
     "ActorError",
     "ActorStopped",
     "Address",
+    "Answer",
     "AskTimeout",
     "Decision",
     "Mailbox",

@@ -12,7 +12,7 @@ trip; `python -m benchmarks ws-publish`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import trio
 from trio.lowlevel import checkpoint
@@ -21,6 +21,7 @@ from .address import Address
 from .errors import AskTimeout, MailboxFull
 
 R = TypeVar("R")
+R_contra = TypeVar("R_contra", contravariant=True)
 M = TypeVar("M")
 
 _UNSET = object()
@@ -28,6 +29,21 @@ _UNSET = object()
 # and the actor it just woke are both runnable; trio may run them in either order within
 # a round, so the answer of an idle actor is there after one round or, at most, two.
 SPIN_ROUNDS = 2
+
+
+class Answer(Protocol[R_contra]):
+    """What an actor answers a request through: a `Reply` the asker waits on, or an
+    object that acts on the answer itself, on the answering actor's task (an asker that
+    does not wait, such as a connection that writes the answer to its client)."""
+
+    @property
+    def cancelled(self) -> bool:
+        """The asker gave up: the actor should not act on the request any more."""
+        ...
+
+    def send(self, value: R_contra) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
 
 
 class Reply(Generic[R]):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from actors import Reply
+from actors import Answer, Reply
 
 from .codec import PayloadKind
 
@@ -71,8 +71,11 @@ class Payload:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
+    """One payload to accept; answered with its offset on a `Reply` (a waiting publisher)
+    or a `PendingPublish` (one that is told later: WebSocket publishes)."""
+
     payload: Payload
-    reply: Reply[int]
+    reply: Answer[int]
 
 
 @dataclass(frozen=True, slots=True)

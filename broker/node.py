@@ -2,7 +2,8 @@
 
     open_broker
     └── supervisor "broker"
-        └── TopicDirectory (restarted on crash; escalates after 10 crashes a minute)
+        ├── TopicDirectory (restarted on crash; escalates after 10 crashes a minute)
+        └── PublishDeadlines (answers `TopicBusy` to publishes told later, past their timeout)
     └── supervisor "topics"
         └── TopicActor per topic (restarted on crash with state kept; then stopped)
 
@@ -58,6 +59,7 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import BrokerCounters, BrokerMetrics, Gauges
+from .pending_publish import PendingPublish, PublishDeadlines
 from .settings import Settings
 from .subjects import is_wildcard, validate_pattern, validate_topic
 from .topic import TopicActor, TopicStatistics
@@ -86,12 +88,14 @@ class Broker:
         counters: BrokerCounters,
         metrics: BrokerMetrics,
         find: Callable[[str], TopicActor | None],
+        deadlines: Address[PendingPublish],
     ) -> None:
         self.settings = settings
         self.counters = counters
         self.metrics = metrics
         self._directory = directory
         self._find = find  # TopicDirectory.find: a known topic without a message
+        self._deadlines = deadlines
         self._draining = False
         # Publishes past the draining check and not yet answered; drain waits for them.
         self._in_flight = 0
@@ -176,6 +180,42 @@ class Broker:
             self._publish_timer(time.perf_counter() - started)
             return offset
         raise Unavailable(f"topic {topic!r} kept retiring; retry")
+
+    def publish_soon(
+        self, topic: str, payload: Payload, on_answer: Callable[[int | BrokerError], object]
+    ) -> bool:
+        """Hand `payload` to its topic without waiting; True if done. The answer comes
+        later, by a call to `on_answer` on another task: the offset, or the `BrokerError`
+        refusing it (`TopicBusy` past `publish_timeout`, as with `publish`).
+
+        False, with nothing done, when that cannot happen at once (the topic is not running
+        or a mailbox on the way is full): then `publish` (which waits) is the way.
+        Raises `Draining` during shutdown and `InvalidTopic` for a bad name.
+        """
+        validate_topic(topic)
+        actor = self._find(topic)
+        if actor is None:
+            return False
+        self._publish_started()
+        pending = PendingPublish(
+            topic,
+            trio.current_time() + self.settings.publish_timeout,
+            on_answer,
+            self._pending_settled,
+        )
+        try:
+            self._deadlines.tell_nowait(pending)  # watched before the topic can answer it
+            actor.address.tell_nowait(Publish(payload, pending))
+        except (MailboxFull, ActorStopped):
+            pending.withdraw()
+            self._publish_ended()
+            return False
+        return True
+
+    def _pending_settled(self, pending: PendingPublish, accepted: bool) -> None:
+        self._publish_ended()
+        if accepted:
+            self._publish_timer(time.perf_counter() - pending.started)
 
     def _busy(self, topic: str) -> TopicBusy:
         self.counters.reject(TopicBusy.code)
@@ -487,15 +527,23 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     def on_topic_crash(name: str, error: BaseException, decision: Decision) -> None:
         holder[0].on_topic_crash(name, error, decision)
 
+    def busy(topic: str) -> BrokerError:
+        return broker._busy(topic)
+
     async with open_supervisor("topics", on_crash=on_topic_crash) as topics:
         directory = TopicDirectory(settings, counters, topics)
         holder.append(directory)
+        deadlines = PublishDeadlines(settings.publish_timeout, busy)
         async with open_supervisor("broker") as root:
             address = await root.start(
                 "directory", directory.run, policy=DIRECTORY_RESTART_POLICY
             )
+            watch = await root.start(
+                "publish-deadlines", deadlines.run, policy=DIRECTORY_RESTART_POLICY
+            )
+            broker = Broker(settings, address, counters, metrics, directory.find, watch)
             try:
-                yield Broker(settings, address, counters, metrics, directory.find)
+                yield broker
             finally:
                 root.cancel()
                 topics.cancel()

@@ -321,6 +321,27 @@ class Outbox:
         self._wake()
         return Offer.ACCEPTED
 
+    def answer(self, frame: bytes) -> None:
+        """Queue a reply frame given on another task (a publish's answer, from its topic)
+        and write it now if nothing is queued or being written, without a task switch.
+
+        Never refused for room: a connection gets at most one answer per publish it
+        made, and each of those was admitted by a topic's bounded mailbox. Dropped once
+        the outbox is closed (the connection is going; nothing more is written).
+        """
+        if self._closed:
+            return
+        items = self._items
+        write_now = self._write_now
+        if items or self._writing or write_now is None or self._gaps:
+            items.append(ControlFrame(frame))
+            self.flush()
+            return
+        sent = self._write(write_now, frame)
+        if sent is not None and sent < len(frame):
+            items.append(ControlFrame(frame[sent:]))  # the rest goes before anything else
+            self._wake()
+
     # -- the connection's side ---------------------------------------------------------------
 
     async def put(self, item: object) -> None:

@@ -29,6 +29,7 @@ import logging
 import math
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -171,6 +172,7 @@ class WebSocketConnection:
     """
 
     __slots__ = (
+        "_answered",
         "_broker",
         "_capacity",
         "_close_requested",
@@ -188,6 +190,7 @@ class WebSocketConnection:
         "_settings",
         "_size",
         "_sock",
+        "_unanswered",
         "_wait",
         "_wake",
         "_ws",
@@ -231,6 +234,10 @@ class WebSocketConnection:
         self._parts: list[Any] | None = None  # a fragmented client message, so far
         self._size = 0
         self._invalid = 0
+        # Publishes handed to their topic and not answered yet (`publish_soon`); a closing
+        # connection waits for their answers (`_answered`) before its close frame.
+        self._unanswered = 0
+        self._answered: trio.Event | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -416,6 +423,8 @@ class WebSocketConnection:
         until the client's close: a lingering close, so the close frame is not lost to a
         TCP reset. The connection's deadline bounds each step."""
         outbox = self.outbox
+        if self._unanswered and self._evicted is None:
+            await self._wait_for_answers()
         outbox.close()  # nothing more is queued; the task alone writes what is left
         while len(outbox) and self._evicted is None:
             await self._write_batch()
@@ -438,6 +447,31 @@ class WebSocketConnection:
             ws.receive_data(data)
             for _ in ws.events():
                 pass  # the client's close moves the state on; nothing else is answered
+
+    async def _wait_for_answers(self) -> None:
+        """Before closing: the answers of the publishes handed to topics, which come
+        within `publish_timeout` (a busy answer if not accepted), by the deadline."""
+        answered = self._answered = trio.Event()
+        with trio.move_on_at(self._deadline) as scope:
+            self._waiting(scope)
+            try:
+                await answered.wait()
+            finally:
+                self._waiting(None)
+
+    def _answer_publish(self, request_id: Any, topic: str, outcome: int | BrokerError) -> None:
+        """A publish handed to its topic is answered (on the topic's task, or the publish
+        deadlines actor's): the `ok` with its offset, or the error, written at once if
+        nothing is queued before it."""
+        fmt = self._format
+        if type(outcome) is int:
+            data = codec.encode_ok(fmt, request_id, topic=topic, offset=outcome)
+        else:
+            data = codec.encode_error(fmt, request_id, outcome)  # type: ignore[arg-type]
+        self.outbox.answer(self._frame_wrap(data))
+        self._unanswered -= 1
+        if not self._unanswered and self._answered is not None:
+            self._answered.set()
 
     def _gap_frame(self, gap: Gap) -> bytes:
         """`{"op": "gap", ...}`: messages of a topic dropped for this subscriber."""
@@ -589,6 +623,12 @@ class WebSocketConnection:
             case PublishRequest(topic, data, content_type, kind, request_id):
                 payload = Payload(data, content_type, kind)
                 try:
+                    # Usually the topic answers on its own task, and this one reads on.
+                    if self._broker.publish_soon(
+                        topic, payload, partial(self._answer_publish, request_id, topic)
+                    ):
+                        self._unanswered += 1
+                        return
                     offset = await self._broker.publish(topic, payload)
                 except BrokerError as exc:
                     raise RequestRejected(exc, request_id) from exc

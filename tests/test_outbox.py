@@ -45,7 +45,11 @@ async def drain(outbox: Outbox) -> bytes:
     """What the writer would send for everything queued now."""
     batch = await outbox.take(100)
     outbox.written()
-    return b"".join(outbox.render(i) if isinstance(i, Message) else i for i in batch)  # type: ignore[misc]
+    return b"".join(
+        outbox.render(i) if isinstance(i, Message)
+        else i.data if isinstance(i, ControlFrame) else i  # type: ignore[misc]
+        for i in batch
+    )
 
 
 async def test_a_lone_message_to_an_idle_outbox_is_written_at_once() -> None:
@@ -130,6 +134,52 @@ async def test_a_reply_put_on_an_idle_outbox_is_written_at_once_and_not_counted(
     await outbox.put(ControlFrame(b"ok2"))  # behind the queued message, in order
     assert sock.written == b"ok<0>ok2"
     assert counters.delivered == 1 and len(outbox) == 0
+
+
+async def test_an_answer_from_another_task_is_written_at_once_when_nothing_is_queued() -> None:
+    sock, counters = FakeSocket(), BrokerCounters()
+    outbox = Outbox(8, render, counters, sock.write)
+    outbox.answer(b"ok")
+    assert sock.written == b"ok" and sock.calls == 1
+    assert len(outbox) == 0 and counters.delivered == 0
+
+
+async def test_an_answer_goes_behind_what_is_queued_and_past_capacity() -> None:
+    sock, counters = FakeSocket(room=0), BrokerCounters()
+    outbox = Outbox(1, render, counters, sock.write)
+    assert outbox.offer(message(0)) is Offer.ACCEPTED  # the kernel took nothing
+    outbox.answer(b"ok1")
+    outbox.answer(b"ok2")  # never refused for room (one per publish the client made)
+    assert len(outbox) == 3
+    assert await drain(outbox) == b"<0>ok1ok2"
+
+
+async def test_an_answer_waits_for_the_write_in_progress_and_keeps_a_begun_frame_first(
+) -> None:
+    sock = FakeSocket(room=0)
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    outbox.offer(message(0))
+    batch = await outbox.take(100)  # the writer is writing <0>
+    sock.room = 1 << 20
+    outbox.answer(b"ok")
+    assert sock.written == b""  # not in the middle of the writer's frame
+    outbox.written()
+    assert [outbox.render(m) for m in batch] == [b"<0>"]  # type: ignore[arg-type]
+    assert await drain(outbox) == b"ok"
+    sock.room = 1
+    outbox.answer(b"ok2")  # the kernel takes one byte; the rest is written first
+    outbox.offer(message(1), lone=False)
+    assert sock.written == b"o"
+    rest, queued = await outbox.take(10)
+    assert rest == ControlFrame(b"k2") and queued.offset == 1  # type: ignore[attr-defined]
+
+
+async def test_an_answer_to_a_closed_outbox_is_dropped() -> None:
+    sock = FakeSocket()
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    outbox.close()
+    outbox.answer(b"ok")
+    assert sock.written == b"" and len(outbox) == 0
 
 
 async def test_a_begun_reply_stays_a_reply_for_the_writer() -> None:

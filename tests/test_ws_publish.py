@@ -1,0 +1,89 @@
+"""WebSocket publishes to a running topic are answered by the topic itself, later
+(`Broker.publish_soon`): pipelining, the busy answer past `publish_timeout`, and a close
+right behind a publish. A real server, a raw client."""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+import trio
+
+from .conftest import TIMEOUT, RunningBroker, StartBroker
+from .rawws import RawWebSocket, masked_frame
+
+
+def publish_frame(topic: str, data: object, request_id: object) -> bytes:
+    body = {"op": "publish", "topic": topic, "data": data, "id": request_id}
+    return masked_frame(0x1, orjson.dumps(body))
+
+
+async def open_topic(running: RunningBroker, topic: str) -> None:
+    """Make `topic` run (its first publish, which waits), so later ones are handed over."""
+    assert running.broker is not None
+    assert await running.broker.publish(topic, running.broker.payload(b"0", None)) == 0
+
+
+async def test_pipelined_publishes_are_each_answered_with_their_offset(
+    running: RunningBroker,
+) -> None:
+    await open_topic(running, "pipe")
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    await raw.send(b"".join(publish_frame("pipe", n, n) for n in range(1, 51)))
+    answers = []
+    for _ in range(50):
+        frame = await raw.read_frame()
+        assert frame is not None
+        answers.append(orjson.loads(frame.payload))
+    # One topic takes them in order: the answers, in any order, give offsets 1..50.
+    assert sorted((a["id"], a["offset"]) for a in answers) == [(n, n) for n in range(1, 51)]
+    assert {a["op"] for a in answers} == {"ok"}
+    page = await running.broker.history("pipe", 0, 100)  # type: ignore[union-attr]
+    assert [orjson.loads(m.data) for m in page.messages] == list(range(51))
+    await raw.aclose()
+
+
+async def test_a_publish_to_a_stalled_topic_is_answered_busy_and_not_accepted(
+    start_broker: StartBroker,
+) -> None:
+    running = await start_broker(publish_timeout=0.3)
+    broker = running.broker
+    assert broker is not None
+    await open_topic(running, "stalled")
+    resume = trio.Event()
+    await broker.pause_topic("stalled", resume)
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    started = trio.current_time()
+    await raw.send(publish_frame("stalled", "late", "p1"))
+    await raw.send_text(b'{"op": "ping", "id": "still here"}')
+    ping = await raw.read_frame()  # the connection reads on while the publish waits
+    assert ping is not None and orjson.loads(ping.payload) == {"op": "ok", "id": "still here"}
+    busy = await raw.read_frame()
+    assert busy is not None
+    answer = orjson.loads(busy.payload)
+    assert (answer["op"], answer["code"], answer["id"]) == ("error", "topic_busy", "p1")
+    assert 0.3 <= trio.current_time() - started < TIMEOUT
+    resume.set()
+    await raw.send(publish_frame("stalled", "next", "p2"))
+    ok = await raw.read_frame()
+    assert ok is not None
+    assert orjson.loads(ok.payload) == {"op": "ok", "id": "p2", "topic": "stalled", "offset": 1}
+    page = await broker.history("stalled", 0, 10)
+    assert [m.data for m in page.messages] == [b"0", b'"next"']  # "late" was withdrawn
+    await raw.aclose()
+
+
+async def test_a_close_right_behind_a_publish_comes_after_its_answer(
+    running: RunningBroker,
+) -> None:
+    await open_topic(running, "closing")
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    await raw.send(
+        publish_frame("closing", "last words", 7) + masked_frame(0x8, struct.pack("!H", 1000))
+    )
+    frames, close = await raw.read_until_close()
+    assert [orjson.loads(f.payload) for f in frames] == [
+        {"op": "ok", "id": 7, "topic": "closing", "offset": 1}
+    ]
+    assert close is not None and close.close_code == 1000
+    await raw.aclose()
