@@ -310,15 +310,28 @@ def decode_request(fmt: WireFormat, frame: bytes | str, max_payload_bytes: int) 
     if not isinstance(obj, dict):
         raise RequestRejected(InvalidFrame("a frame must be an object with an \"op\" field"))
     request_id = obj.get("id")
-    try:
-        encode_object(fmt, {"id": request_id})
-    except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError,
-            cbor2.CBOREncodeError) as exc:
-        raise RequestRejected(InvalidFrame(f"the id cannot be echoed back: {exc}")) from None
+    if not _plainly_echoable(request_id):
+        try:
+            encode_object(fmt, {"id": request_id})
+        except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError,
+                cbor2.CBOREncodeError) as exc:
+            raise RequestRejected(
+                InvalidFrame(f"the id cannot be echoed back: {exc}")
+            ) from None
     try:
         return _request_from_object(fmt, obj, request_id, max_payload_bytes)
     except BrokerError as exc:
         raise RequestRejected(exc, request_id) from exc
+
+
+def _plainly_echoable(request_id: Any) -> bool:
+    """True for the ids clients use (an ASCII string, None, an int orjson writes), which
+    both formats echo back as they are: no trial encoding per request (`ws-publish`).
+    Others (a JSON string with a lone surrogate escape, a huge int, ...) are tried."""
+    kind = type(request_id)
+    if kind is str:
+        return request_id.isascii()  # type: ignore[no-any-return]
+    return request_id is None or (kind is int and -(1 << 63) <= request_id < (1 << 64))
 
 
 def _request_from_object(

@@ -452,6 +452,22 @@ def test_request_ids_keep_their_full_int64_range_and_unechoable_ids_are_refused(
     with pytest.raises(RequestRejected) as rejected:
         decode_request(WireFormat.CBOR, cyclic_id, 1024)
     assert rejected.value.error.code == "invalid_frame"
+    # A lone surrogate escape is refused by orjson already (never a str id to echo).
+    with pytest.raises(RequestRejected) as rejected:
+        decode_request(WireFormat.JSON, b'{"op": "ping", "id": "\\ud800"}', 1024)
+    assert rejected.value.error.code == "invalid_frame"
+    # Past 64 bits (JSON reads such a number as a float): CBOR echoes the int.
+    cbor_huge = cbor2.dumps({"op": "ping", "id": 2**64})
+    assert decode_request(WireFormat.CBOR, cbor_huge, 1024).id == 2**64
+
+
+@pytest.mark.parametrize("request_id", ["plain", "ünïcode", None, 0, 2**64 - 1, -(2**63), 1.5,
+                                        [1, "x"], {"k": True}])
+def test_echoable_ids_are_accepted_in_both_formats(request_id: object) -> None:
+    for fmt, dumps in ((WireFormat.JSON, orjson.dumps), (WireFormat.CBOR, cbor2.dumps)):
+        request = decode_request(fmt, dumps({"op": "ping", "id": request_id}), 1024)
+        assert request.id == request_id
+        assert encode_ok(fmt, request.id)  # and it can be written back
 
 
 CBOR_VALUES = st.recursive(
