@@ -264,7 +264,7 @@ class UnsubscribeRequest:
     id: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per publish: not frozen (see `messages.Payload`); never mutated
 class PublishRequest:
     topic: str
     data: bytes
