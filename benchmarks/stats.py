@@ -83,11 +83,18 @@ def direction(figure: str) -> Direction | None:
 
 
 def is_regression(figure: str, old: float, new: float, tolerance: float = 0.10) -> bool:
-    """Worse by more than `tolerance` (a fraction) in the figure's good direction."""
+    """Worse by more than `tolerance` (a fraction; for `_pct` figures within +-100,
+    that many hundred percentage points) in the figure's good direction."""
     way = direction(figure)
     if way is None:
         return False
-    if old == 0:
+    if figure.endswith("_pct") and max(abs(old), abs(new)) <= 100:
+        # A percentage (delivered %, a small degradation) is compared in points: relative
+        # to itself, -26% -> -21% would read as 19% worse, and 0% -> 1% as infinitely.
+        # Past 100 it is a multiple (p99 at 10k connections vs minimal) and is relative.
+        change = (new - old) / 100
+    elif old == 0:
         return way == "lower" and new > 0
-    change = (new - old) / abs(old)
+    else:
+        change = (new - old) / abs(old)
     return change < -tolerance if way == "higher" else change > tolerance

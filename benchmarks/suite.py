@@ -1,11 +1,16 @@
 """Running the suite against one or more targets: start (or reach) each target's server,
 run every chosen scenario `runs` times interleaved (run 1 of each, then run 2, ...: noise
-spreads evenly), collect the figures, stop the server, and list what went wrong."""
+spreads evenly), collect the figures, stop the server, and list what went wrong.
+
+Scenarios whose figures include the server's RSS (`Scenario.fresh_server`) get a freshly
+started server each run: a process keeps its memory high-water mark, so on one that served
+the cases before, RSS says more about those cases than about this one."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +55,17 @@ class SuiteOptions:
     server_pid: int | None = None
 
 
-async def run_scenarios(ctx: ScenarioContext, options: SuiteOptions
+async def run_scenarios(ctx: ScenarioContext, options: SuiteOptions,
+                        restart: Callable[[], None] | None = None
                         ) -> dict[str, list[dict[str, Any]]]:
     """Every scenario `runs` times; a scenario that raises is recorded as failed, and the
-    suite goes on with the next one."""
+    suite goes on with the next one. `restart` (when the suite owns the server) gives
+    `fresh_server` scenarios a new server process first."""
     results: dict[str, list[dict[str, Any]]] = {}
     for run in range(1, options.runs + 1):
         for name in options.scenarios:
+            if restart is not None and SCENARIOS[name].fresh_server:
+                restart()
             ctx.progress.note(f"-- {ctx.target}: {name} (run {run}/{options.runs})")
             try:
                 cases = await SCENARIOS[name].run(ctx, run)
@@ -129,15 +138,30 @@ def run_target(target: str, argv: list[str] | None, options: SuiteOptions,
         delivery_timeout=options.delivery_timeout,
         capabilities=CAPABILITIES.get(target, frozenset()),
     )
+    stopped: list[dict[str, Any]] = []  # servers stopped for a fresh one
+
+    def restart() -> None:
+        nonlocal server
+        assert server is not None and argv is not None
+        stopped.append(server.stop())
+        server = BrokerProcess(options.server_core, startup_timeout=30.0, argv=argv)
+        ctx.http, ctx.ws = Endpoint.parse(server.http_url), Endpoint.parse(server.ws_url)
+        ctx.server_pid = server.pid
+        progress.note(f"{target} restarted (a fresh process for RSS figures): pid "
+                      f"{server.pid}, {server.startup_seconds:.2f}s")
+
     cases: dict[str, list[dict[str, Any]]] = {}
     try:
-        cases = trio.run(run_scenarios, ctx, options)
+        cases = trio.run(run_scenarios, ctx, options, restart if server else None)
     finally:
-        rss = rss_bytes(pid)
+        rss = rss_bytes(ctx.server_pid)
         info["rss_mb_at_end"] = None if rss is None else rss / MB
         if server is not None:
             info["shutdown"] = server.stop()
+        info["restarted"] = stopped
     problems = problems_of(cases, info.get("shutdown", {}))
+    for earlier in stopped:
+        problems += problems_of({}, earlier)
     return {"server": info, "cases": {c: case_entry(r) for c, r in cases.items()},
             "problems": problems}
 

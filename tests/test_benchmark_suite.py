@@ -72,6 +72,12 @@ def test_quick_suite_completes_every_scenario_without_loss(tmp_path: Path) -> No
     assert ws_publish["accepted"] == ws_publish["messages"] > 0
     assert ws_publish["last_offset"] == ws_publish["messages"] - 1
     assert cases["mixed.multicast"]["runs"][0]["targets"] > 0
+    # `levels` reports RSS, so it ran on a freshly started server; the first one stopped
+    # cleanly for it.
+    server = doc["targets"]["broker"]["server"]
+    [earlier] = server["restarted"]
+    assert earlier["exit_code"] == 0 and earlier["pid"] == server["pid"]
+    assert server["shutdown"]["pid"] != server["pid"]
     assert cases["mixed"]["runs"][0]["registered"] > 0
     markdown = json_path.with_suffix(".md").read_text()
     assert "| case | requests | failures | median ms |" in markdown
@@ -102,6 +108,27 @@ def test_compare_flags_only_figures_worse_beyond_ten_percent_in_their_direction(
     assert not changes["broker/fanout.lost"].regression
     text = compare.render(list(changes.values()))
     assert "WORSE" in text and "1 worse by more than 10%" in text
+
+
+def test_only_the_broker_regresses_and_its_figures_show_the_baselines_drift(
+    tmp_path: Path,
+) -> None:
+    old, new = _doc(1000.0, 2.0, 0), _doc(1000.0, 2.0, 0)
+    for doc, rate in ((old, 1000.0), (new, 700.0)):  # the baseline 30% slower this time
+        doc["targets"]["fastapi"] = {"cases": {
+            "single": {"runs": [], "median": {"rate_per_s": rate}}}}
+    changes = {c.figure: c for c in compare.compare(old, new)}
+    slower = changes["fastapi/single.rate_per_s"]
+    assert slower.worse and not slower.regression  # its code did not change: drift
+    assert changes["broker/single.rate_per_s"].drift == pytest.approx(0.7)
+    assert changes["broker/single.p99_ms"].drift is None  # no baseline figure to match
+    text = compare.render(list(changes.values()))
+    assert "(drift)" in text and "0 worse by more than 10%; 1 baseline" in text
+    old_path, new_path = tmp_path / "old.json", tmp_path / "new.json"
+    old_path.write_text(json.dumps(old))
+    new_path.write_text(json.dumps(new))
+    assert main(["--compare", str(old_path), "--against", str(new_path),
+                 "--fail-on-regression"]) == 0
 
 
 def test_compare_cli_exit_code_only_fails_when_asked(
@@ -167,6 +194,13 @@ def test_direction_and_regression_follow_figure_names() -> None:
     assert is_regression("x.p99_ms", 1.0, 1.2)
     assert not is_regression("x.p99_ms", 1.0, 0.5)
     assert is_regression("x.failures", 0.0, 1.0)
+    # Percentages move in points: -26% -> -21% is 5 points, not "19% worse".
+    assert not is_regression("x.deliveries_degradation_pct", -26.0, -21.0)
+    assert is_regression("x.deliveries_degradation_pct", 5.0, 16.0)
+    assert is_regression("x.delivered_pct", 100.0, 89.0)
+    assert not is_regression("x.delivered_pct", 100.0, 91.0)
+    assert not is_regression("x.p99_degradation_pct", 79_080.0, 82_710.0)  # 1.05x
+    assert is_regression("x.p99_degradation_pct", 79_080.0, 90_000.0)
 
 
 def test_rate_schedule_deadlines_are_absolute() -> None:
