@@ -8,9 +8,15 @@
   connection. Only what the kernel did not take stays queued: the outbox then wakes the
   task (`wake_writer` cancels its wait for input), which writes everything waiting with
   one `send` per batch (nats-server's flush-per-batch), waiting for the socket as it must.
+- A publish to a running topic is handed over without waiting (`Broker.publish_soon`):
+  the topic answers on its own task through `_answer_publish`, which writes the `ok` via
+  `Outbox.answer`, and this task reads on (one task switch and one wait fewer per publish;
+  `python -m benchmarks ws-publish`). A new topic, or a full mailbox, is asked and waited
+  for.
 - A close (drain, eviction, the client's close, a protocol error) is a decision recorded
-  on the connection; the same task writes what it must still write, then the close frame,
-  then waits for the client's close.
+  on the connection; the same task writes what it must still write (first waiting for
+  the answers of publishes it handed over), then the close frame, then waits for the
+  client's close.
 
 Why one task, no nursery and no scope spanning the connection: with thousands of
 connections, the reader, writer and drain-watcher tasks with their nursery, scopes and
