@@ -57,7 +57,7 @@ class PendingPublish:
         self.started = time.perf_counter()
         self._on_answer = on_answer
         # The broker's bookkeeping (in-flight count; latency of accepted publishes), told
-        # whether the message was accepted, before the answer is given.
+        # whether the message was accepted, in the same step as the answer.
         self._on_settled = on_settled
         self.answered = False
         self.cancelled = False
@@ -66,8 +66,8 @@ class PendingPublish:
         """The topic accepted the message at `offset`."""
         if not self.answered:
             self.answered = True
+            self._tell(offset)  # first: the publisher's answer is the critical path
             self._on_settled(self, True)
-            self._tell(offset)
 
     def fail(self, error: BaseException) -> None:
         """The topic could not handle the request (it crashed)."""
