@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from broker import BrokerError, Settings, TopicBusy, TopicSettings, open_broker
+from broker import Broker, BrokerError, Settings, TopicBusy, TopicSettings, open_broker
 from broker.pending_publish import PendingPublish, PublishDeadlines
 
 SETTINGS = Settings(topic_idle_seconds=0, publish_timeout=0.5)
@@ -26,6 +26,14 @@ class Answers:
         self.outcomes.append(outcome)
         self.times.append(trio.current_time())
         self.event.set()
+
+
+async def paused_topic(broker: Broker) -> trio.Event:
+    """Topic "t", running with one message (offset 0), paused until the event is set."""
+    await broker.publish("t", broker.payload(b"x", None))
+    resume = trio.Event()
+    await broker.pause_topic("t", resume)
+    return resume
 
 
 async def test_a_running_topic_answers_with_the_offset_on_its_own_task() -> None:
@@ -55,9 +63,7 @@ async def test_publish_soon_declines_when_the_topic_mailbox_is_full(
     settings = Settings(topic_idle_seconds=0, publish_timeout=0.5,
                         topic_defaults=TopicSettings(mailbox_size=1))
     async with open_broker(settings) as broker:
-        await broker.publish("t", broker.payload(b"x", None))
-        resume = trio.Event()
-        await broker.pause_topic("t", resume)
+        resume = await paused_topic(broker)
         first, second = Answers(), Answers()
         assert broker.publish_soon("t", broker.payload(b"queued", None), first)
         assert not broker.publish_soon("t", broker.payload(b"no room", None), second)
@@ -77,9 +83,7 @@ async def test_an_unanswered_publish_is_refused_busy_after_the_timeout_and_withd
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_broker(SETTINGS) as broker:
-        await broker.publish("t", broker.payload(b"x", None))
-        resume = trio.Event()
-        await broker.pause_topic("t", resume)
+        resume = await paused_topic(broker)
         answers = Answers()
         started = trio.current_time()
         assert broker.publish_soon("t", broker.payload(b"late", None), answers)
@@ -103,9 +107,7 @@ async def test_drain_waits_for_handed_over_publishes_to_be_answered(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_broker(SETTINGS) as broker:
-        await broker.publish("t", broker.payload(b"x", None))
-        resume = trio.Event()
-        await broker.pause_topic("t", resume)
+        resume = await paused_topic(broker)
         answers = Answers()
         assert broker.publish_soon("t", broker.payload(b"y", None), answers)
         broker.begin_drain()
