@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,12 @@ from benchmarks import compare, results
 from benchmarks.__main__ import main
 from benchmarks.scenarios.e2e import split_frames
 from benchmarks.scenarios.levels import degradation, levels_up_to
-from benchmarks.scenarios.ws_publish import WsPublisher, publish_all, publish_frames
+from benchmarks.scenarios.ws_publish import (
+    WsPublisher,
+    publish_all,
+    publish_frames,
+    publish_window,
+)
 from benchmarks.schedule import RateSchedule, accuracy_pct, achieved_rate, run_at_rate
 from benchmarks.stats import direction, is_regression, latency_summary, median_of, percentile
 
@@ -30,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Every case a --quick run of the whole suite reports (idle is not part of --quick).
 QUICK_CASES = {
-    "single", "ws-publish", "bulk", "concurrent", "connect-50", "connect-200", "e2e",
+    "single", "ws-publish", "ws-publish-window", "bulk", "concurrent", "connect-50",
+    "connect-200", "e2e",
     "e2e-lean", "broadcast", "fanout", "fanout-single", "sustained", "levels.minimal",
     "levels.light", "levels.low", "levels.medium", "levels.summary", "mixed", "mixed.register",
     "mixed.enumerate", "mixed.multicast",
@@ -68,9 +75,10 @@ def test_quick_suite_completes_every_scenario_without_loss(tmp_path: Path) -> No
         run = cases[timed]["runs"][0]
         assert run["requests"] > 0 and run["p99_ms"] is not None
         assert run["gen_cpu_pct"] is not None and run["broker_cpu_pct"] is not None
-    ws_publish = cases["ws-publish"]["runs"][0]
-    assert ws_publish["accepted"] == ws_publish["messages"] > 0
-    assert ws_publish["last_offset"] == ws_publish["messages"] - 1
+    for case in ("ws-publish", "ws-publish-window"):
+        ws_publish = cases[case]["runs"][0]
+        assert ws_publish["accepted"] == ws_publish["messages"] > 0
+        assert ws_publish["last_offset"] == ws_publish["messages"] - 1
     assert cases["mixed.multicast"]["runs"][0]["targets"] > 0
     # `levels` reports RSS, so it ran on a freshly started server; the first one stopped
     # cleanly for it.
@@ -247,9 +255,9 @@ async def test_run_at_rate_catches_up_after_a_stall(
     assert launched[-1] - launched[0] == pytest.approx(1.9)  # no drift after the stall
 
 
-async def test_ws_publisher_counts_unanswered_publishes_instead_of_hanging() -> None:
-    """A server that accepts the WebSocket handshake, answers the first publish and then
-    nothing: the rest are failures once the phase timeout passes."""
+def answering_once(answers: list[bytes]) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A server that accepts the WebSocket handshake, reads once, writes `answers` (text
+    frames) in one write, then answers nothing more."""
     async def serve(stream: trio.SocketStream) -> None:
         head = b""
         while b"\r\n\r\n" not in head:
@@ -259,11 +267,17 @@ async def test_ws_publisher_counts_unanswered_publishes_instead_of_hanging() -> 
         await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
                               b"connection: Upgrade\r\nsec-websocket-accept: %s\r\n\r\n"
                               % accept)
-        await stream.receive_some()  # the first publish (id 7)
-        answer = b'{"op":"ok","id":7,"topic":"t","offset":0}'
-        await stream.send_all(bytes([0x81, len(answer)]) + answer)
+        await stream.receive_some()  # the first publishes
+        await stream.send_all(b"".join(bytes([0x81, len(a)]) + a for a in answers))
         await trio.sleep_forever()
 
+    return serve
+
+
+async def test_ws_publisher_counts_unanswered_publishes_instead_of_hanging() -> None:
+    """The server answers the first publish and then nothing: the rest are failures once
+    the phase timeout passes."""
+    serve = answering_once([b'{"op":"ok","id":7,"topic":"t","offset":0}'])
     async with trio.open_nursery() as nursery:
         [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
         publisher = WsPublisher("127.0.0.1", listener.socket.getsockname()[1], "/v1/ws")
@@ -275,6 +289,25 @@ async def test_ws_publisher_counts_unanswered_publishes_instead_of_hanging() -> 
     assert publisher.sock is None  # closed even though the closing handshake timed out
     assert (out.accepted, out.failures, misplaced, last) == (1, 2, 0, 0)
     assert "2 publishes not answered within 0.5s" in out.errors
+
+
+async def test_windowed_publishes_match_answers_by_id_in_any_order() -> None:
+    """Answers out of order, one with an id never sent, then silence: matched by id, the
+    stray one counted, the unanswered ones failures after the timeout."""
+    serve = answering_once([b'{"op":"ok","id":11,"topic":"t","offset":1}',
+                            b'{"op":"ok","id":99,"topic":"t","offset":5}',
+                            b'{"op":"ok","id":10,"topic":"t","offset":0}'])
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        publisher = WsPublisher("127.0.0.1", listener.socket.getsockname()[1], "/v1/ws")
+        await publisher.connect()
+        out, misplaced, last = await publish_window(
+            publisher, publish_frames("t", 5, 10), 10, window=3, timeout=0.5)
+        nursery.cancel_scope.cancel()
+    assert (out.accepted, out.failures, misplaced, last) == (2, 3, 0, 1)
+    assert out.requests == 5  # the two answers freed two slots: all five were sent
+    assert publisher.stray == 1
+    assert "3 publishes not answered within 0.5s" in out.errors
 
 
 def test_split_frames_keeps_a_partial_frame_for_later() -> None:

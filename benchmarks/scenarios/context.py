@@ -29,6 +29,7 @@ class Sizes:
 
     single_messages: int = 5000
     ws_publish_messages: int = 5000  # sequential publishes on one WebSocket connection
+    ws_window_messages: int = 20000  # then the same with 64 in flight (pipelined)
     bulk_batches: int = 200
     bulk_size: int = 50
     concurrent_publishers: int = 20
@@ -50,7 +51,8 @@ class Sizes:
 
 
 QUICK = Sizes(
-    single_messages=300, ws_publish_messages=300, bulk_batches=20, concurrent_messages=20,
+    single_messages=300, ws_publish_messages=300, ws_window_messages=300, bulk_batches=20,
+    concurrent_messages=20,
     connect_clients=(50, 200),
     e2e_messages=50, fanout=(200, 20), sustained_seconds=1.0, level_messages=10,
     max_level="medium", mixed_seconds=5.0, idle_connections=200,
