@@ -8,6 +8,7 @@ import struct
 
 import orjson
 import trio
+import trio.testing
 
 from .conftest import TIMEOUT, RunningBroker, StartBroker
 from .rawws import RawWebSocket, masked_frame
@@ -86,4 +87,42 @@ async def test_a_close_right_behind_a_publish_comes_after_its_answer(
         {"op": "ok", "id": 7, "topic": "closing", "offset": 1}
     ]
     assert close is not None and close.close_code == 1000
+    await raw.aclose()
+
+
+async def test_a_client_that_never_reads_its_answers_is_held_back_and_loses_nothing(
+    start_broker: StartBroker,
+) -> None:
+    """Pipelined publishes whose answers are not read: the connection writes what is
+    queued before it reads more, so once the socket is full it stops reading (TCP
+    backpressure) instead of queueing answers without end. Large ids make each answer
+    large, so the kernel's buffers fill after a few hundred."""
+    running = await start_broker()
+    await open_topic(running, "unread")
+    raw = await RawWebSocket.connect(running.addresses.ws_port, receive_buffer=4096)
+    count = 1500
+    big = "x" * 30_000
+    sent = 0
+
+    async def publish_without_reading() -> None:
+        nonlocal sent
+        for n in range(count):
+            await raw.send(publish_frame("unread", n, f"{big}{n}"))
+            sent += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publish_without_reading)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # everyone waits on TCP
+        assert sent < count // 2  # held back: the broker stopped reading
+        accepted = (await running.broker.topic("unread")).next_offset  # type: ignore[union-attr]
+        assert accepted < count // 2
+        answers = []
+        while len(answers) < count:  # reading lets everything through, in order
+            frame = await raw.read_frame()
+            assert frame is not None
+            answers.append(orjson.loads(frame.payload))
+    assert sent == count
+    assert sorted((int(a["id"][len(big):]), a["offset"]) for a in answers) == [
+        (n, n + 1) for n in range(count)
+    ]
     await raw.aclose()
