@@ -242,6 +242,13 @@ def encode_ok(fmt: WireFormat, request_id: Any, **fields: Any) -> bytes:
     return encode_object(fmt, {"op": "ok", "id": request_id, **fields})
 
 
+def encode_published(fmt: WireFormat, request_id: Any, topic: str, offset: int) -> bytes:
+    """A publish's `ok` (`encode_ok` with topic and offset, without merging keyword
+    arguments: half the time, on every WebSocket publish)."""
+    obj = {"op": "ok", "id": request_id, "topic": topic, "offset": offset}
+    return to_json(obj) if fmt is WireFormat.JSON else cbor2.dumps(obj)
+
+
 def encode_error(fmt: WireFormat, request_id: Any, error: BrokerError) -> bytes:
     return encode_object(
         fmt, {"op": "error", "id": request_id, "code": error.code, "message": error.message}

