@@ -70,6 +70,7 @@ from broker.codec import (
     UnsubscribeRequest,
 )
 
+from .errors import http_status
 from .tcp import ConnectionLost, receive, send_all
 from .ws_handshake import Accept
 from .wsframe import binary_frame, text_frame
@@ -561,9 +562,10 @@ class WebSocketConnection:
 
     async def _serve_frame(self, frame: str | bytes, is_text: bool) -> CloseReason | None:
         """Serve one complete client message; POLICY_VIOLATION after too many invalid."""
-        if await self._handle_frame(frame, is_text):
+        valid = await self._handle_frame(frame, is_text)
+        if valid:
             self._invalid = 0
-        else:
+        elif valid is False:
             self._invalid += 1
             if self._invalid >= MAX_CONSECUTIVE_INVALID:
                 return CloseReason.POLICY_VIOLATION
@@ -606,8 +608,10 @@ class WebSocketConnection:
                 return _protocol_reason_for(event.code)  # type: ignore[attr-defined]
         return None
 
-    async def _handle_frame(self, frame: str | bytes, is_text: bool) -> bool:
-        """Serve one client request; False if it was invalid (an error frame was sent)."""
+    async def _handle_frame(self, frame: str | bytes, is_text: bool) -> bool | None:
+        """Serve one client request; False if it was invalid (an error frame was sent),
+        None if it was refused for the broker's own state (`topic_busy`, `draining`,
+        `unavailable`: 5xx), which is no fault of the client's and counts neither way."""
         fmt = self._format
         if (fmt is WireFormat.JSON) != is_text:
             expected = "text" if fmt is WireFormat.JSON else "binary"
@@ -619,7 +623,7 @@ class WebSocketConnection:
             await self._dispatch(request)
         except RequestRejected as exc:
             await self._reply(codec.encode_error(fmt, exc.request_id, exc.error))
-            return False
+            return None if http_status(exc.error) >= 500 else False
         return True
 
     async def _dispatch(self, request: Any) -> None:

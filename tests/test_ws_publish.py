@@ -10,6 +10,9 @@ import orjson
 import trio
 import trio.testing
 
+from broker import TopicSettings
+from gateways.ws_connection import MAX_CONSECUTIVE_INVALID
+
 from .conftest import TIMEOUT, RunningBroker, StartBroker
 from .rawws import RawWebSocket, masked_frame
 
@@ -125,4 +128,31 @@ async def test_a_client_that_never_reads_its_answers_is_held_back_and_loses_noth
     assert sorted((int(a["id"][len(big):]), a["offset"]) for a in answers) == [
         (n, n + 1) for n in range(count)
     ]
+    await raw.aclose()
+
+
+async def test_busy_answers_do_not_count_as_garbage(start_broker: StartBroker) -> None:
+    """A client publishing on into a stalled topic gets `topic_busy` again and again: the
+    broker's state, not the client's fault, so the connection is not closed with 1008
+    after MAX_CONSECUTIVE_INVALID of them (only invalid frames count)."""
+    running = await start_broker(publish_timeout=0.05,
+                                 topic_defaults=TopicSettings(mailbox_size=1))
+    broker = running.broker
+    assert broker is not None
+    await open_topic(running, "stuck")
+    resume = trio.Event()
+    await broker.pause_topic("stuck", resume)
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    count = MAX_CONSECUTIVE_INVALID + 3
+    codes = []
+    for n in range(count):  # the first fills the one mailbox slot; the rest wait and fail
+        await raw.send(publish_frame("stuck", n, n))
+        frame = await raw.read_frame()
+        assert frame is not None and frame.opcode == 0x1, frame
+        codes.append(orjson.loads(frame.payload)["code"])
+    assert codes == ["topic_busy"] * count
+    await raw.send_text(b'{"op": "ping", "id": "open"}')
+    pong = await raw.read_frame()
+    assert pong is not None and orjson.loads(pong.payload) == {"op": "ok", "id": "open"}
+    resume.set()
     await raw.aclose()
