@@ -273,10 +273,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         try:
             return trio.run(_serve_until_signalled, settings)
-        except OSError as exc:
-            print(f"broker: cannot listen: {exc}", file=sys.stderr)
+        except (OSError, ExceptionGroup) as exc:
+            error = _os_error(exc)
+            if error is None:
+                raise
+            print(f"broker: cannot listen: {error}", file=sys.stderr)
             return 1
     return 2
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (nurseries wrap it in exception groups) when that is all
+    it is, e.g. a port in use: one line for the user, not a traceback."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(OSError)
+        if matched is None or rest is not None:
+            return None
+        while isinstance(matched, BaseExceptionGroup):
+            matched = matched.exceptions[0]  # type: ignore[assignment]
+        exc = matched
+    return exc if isinstance(exc, OSError) else None
 
 
 if __name__ == "__main__":

@@ -187,3 +187,20 @@ def test_bench_without_the_suite_exits_2_with_a_message(
     monkeypatch.setitem(sys.modules, "benchmarks.__main__", None)  # import fails
     assert main(["bench"]) == 2
     assert "broker bench: the benchmark suite is not available" in capsys.readouterr().err
+
+
+async def test_serve_on_a_port_in_use_exits_1_with_one_line() -> None:
+    """A taken port is the commonest start-up failure: one clear line, no traceback."""
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        done = await _run("serve", "--host", "127.0.0.1", "--port", str(port),
+                          "--ws-port", "0")
+    finally:
+        taken.close()
+    stderr = done.stderr.decode()
+    assert done.returncode == 1
+    assert "broker: cannot listen:" in stderr and "in use" in stderr
+    assert "Traceback" not in stderr
