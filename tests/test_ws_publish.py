@@ -10,7 +10,7 @@ import orjson
 import trio
 import trio.testing
 
-from broker import TopicSettings
+from broker import Broker, TopicSettings
 from gateways.ws_connection import MAX_CONSECUTIVE_INVALID
 
 from .conftest import TIMEOUT, RunningBroker, StartBroker
@@ -26,6 +26,16 @@ async def open_topic(running: RunningBroker, topic: str) -> None:
     """Make `topic` run (its first publish, which waits), so later ones are handed over."""
     assert running.broker is not None
     assert await running.broker.publish(topic, running.broker.payload(b"0", None)) == 0
+
+
+async def stalled_topic(running: RunningBroker, topic: str) -> tuple[Broker, trio.Event]:
+    """`topic` running (one message, offset 0) and paused until the event is set."""
+    broker = running.broker
+    assert broker is not None
+    await open_topic(running, topic)
+    resume = trio.Event()
+    await broker.pause_topic(topic, resume)
+    return broker, resume
 
 
 async def test_pipelined_publishes_are_each_answered_with_their_offset(
@@ -51,11 +61,7 @@ async def test_a_publish_to_a_stalled_topic_is_answered_busy_and_not_accepted(
     start_broker: StartBroker,
 ) -> None:
     running = await start_broker(publish_timeout=0.3)
-    broker = running.broker
-    assert broker is not None
-    await open_topic(running, "stalled")
-    resume = trio.Event()
-    await broker.pause_topic("stalled", resume)
+    broker, resume = await stalled_topic(running, "stalled")
     raw = await RawWebSocket.connect(running.addresses.ws_port)
     started = trio.current_time()
     await raw.send(publish_frame("stalled", "late", "p1"))
@@ -137,11 +143,7 @@ async def test_busy_answers_do_not_count_as_garbage(start_broker: StartBroker) -
     after MAX_CONSECUTIVE_INVALID of them (only invalid frames count)."""
     running = await start_broker(publish_timeout=0.05,
                                  topic_defaults=TopicSettings(mailbox_size=1))
-    broker = running.broker
-    assert broker is not None
-    await open_topic(running, "stuck")
-    resume = trio.Event()
-    await broker.pause_topic("stuck", resume)
+    _, resume = await stalled_topic(running, "stuck")
     raw = await RawWebSocket.connect(running.addresses.ws_port)
     count = MAX_CONSECUTIVE_INVALID + 3
     codes = []
