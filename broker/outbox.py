@@ -322,8 +322,9 @@ class Outbox:
         return Offer.ACCEPTED
 
     def answer(self, frame: bytes) -> None:
-        """Queue a reply frame given on another task (a publish's answer, from its topic)
-        and write it now if nothing is queued or being written, without a task switch.
+        """Queue a reply frame and write it now if nothing is queued or being written,
+        without a task switch: the connection's own replies, and those given on another
+        task (a publish's answer, from its topic).
 
         Never refused for room: a connection gets at most one answer per publish it
         made, and each of those was admitted by a topic's bounded mailbox. Dropped once

@@ -511,14 +511,9 @@ class WebSocketConnection:
         if len(outbox) or outbox.closed:
             await self._queue(ControlFrame(frame))
             return
-        try:
-            sent = self._sock.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise ConnectionLost(exc) from exc
-        if sent < len(frame):  # the rest goes first: nothing else is queued
-            outbox.offer_control(ControlFrame(frame[sent:]))
+        outbox.answer(frame)  # written now; what the kernel did not take goes first
+        if outbox.closed:  # the write found the peer gone
+            raise ConnectionLost("the client is gone")
 
     # -- reading -------------------------------------------------------------------------
 
