@@ -245,8 +245,7 @@ def encode_ok(fmt: WireFormat, request_id: Any, **fields: Any) -> bytes:
 def encode_published(fmt: WireFormat, request_id: Any, topic: str, offset: int) -> bytes:
     """A publish's `ok` (`encode_ok` with topic and offset, without merging keyword
     arguments: half the time, on every WebSocket publish)."""
-    obj = {"op": "ok", "id": request_id, "topic": topic, "offset": offset}
-    return to_json(obj) if fmt is WireFormat.JSON else cbor2.dumps(obj)
+    return encode_object(fmt, {"op": "ok", "id": request_id, "topic": topic, "offset": offset})
 
 
 def encode_error(fmt: WireFormat, request_id: Any, error: BrokerError) -> bytes:
