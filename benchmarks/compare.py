@@ -42,24 +42,21 @@ def compare(old: dict[str, Any], new: dict[str, Any], tolerance: float = TOLERAN
             ) -> list[Change]:
     """Every figure present in both documents, in the new document's order."""
     before, after = medians(old), medians(new)
-    ratios: dict[str, float | None] = {}
-    changes = []
-    for figure, value in after.items():
-        if figure not in before:
-            continue
-        previous = before[figure]
-        ratio = ratios[figure] = value / previous if previous else None
-        changes.append(Change(figure, previous, value, ratio,
-                              is_regression(figure, previous, value, tolerance)))
-    for index, change in enumerate(changes):
-        if change.target == SUBJECT:
-            _, _, rest = change.figure.partition("/")
-            drift = next((ratios[f] for f in ratios
-                          if f.endswith("/" + rest) and not f.startswith(SUBJECT + "/")),
-                         None)
-            changes[index] = Change(change.figure, change.old, change.new, change.ratio,
-                                    change.worse, drift)
-    return changes
+    shared = [f for f in after if f in before]
+    ratios = {f: after[f] / before[f] if before[f] else None for f in shared}
+    # A baseline's ratio per "case.figure" (the first baseline's, if there are several).
+    drifts: dict[str, float | None] = {}
+    for figure in shared:
+        target, _, rest = figure.partition("/")
+        if target != SUBJECT:
+            drifts.setdefault(rest, ratios[figure])
+    return [
+        Change(figure, before[figure], after[figure], ratios[figure],
+               is_regression(figure, before[figure], after[figure], tolerance),
+               drifts.get(figure.partition("/")[2]) if figure.startswith(SUBJECT + "/")
+               else None)
+        for figure in shared
+    ]
 
 
 def render(changes: list[Change]) -> str:
