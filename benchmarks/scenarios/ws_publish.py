@@ -64,17 +64,6 @@ class WsPublisher:
         self.sock = await open_socket(self.host, self.port)
         self._buf += await ws_handshake(self.sock, self.host, self.port, self.path)
 
-    async def publish(self, frame: bytes, request_id: int) -> dict[str, Any]:
-        """Send one prepared publish frame; the decoded `ok` or `error` answering it."""
-        assert self.sock is not None
-        await send_all(self.sock, frame)
-        while True:
-            payload = await self._next_text()
-            answer = orjson.loads(payload)
-            if isinstance(answer, dict) and answer.get("id") == request_id:
-                return answer
-            self.stray += 1
-
     async def close(self) -> None:
         """Close 1000 politely (callers bound it), then close the socket in any case."""
         try:
@@ -151,40 +140,9 @@ class WsPublisher:
 
 async def publish_all(publisher: WsPublisher, frames: list[bytes], first_id: int,
                       timeout: float) -> tuple[PublishOutcome, int, int | None]:
-    """Publish `frames` one after another, each after the previous one's answer; bounded
-    by `timeout`. Returns the outcome, how many `ok` offsets were not 0, 1, 2, ... and the
-    last `ok`'s offset. Unanswered publishes (errors, a broken connection, the timeout)
-    count as failures."""
-    out = PublishOutcome()
-    misplaced = 0
-    last: int | None = None
-    with trio.move_on_after(timeout) as scope:
-        for index, frame in enumerate(frames):
-            sent = time.perf_counter()
-            if out.t_first is None:
-                out.t_first = sent
-            out.requests += 1
-            try:
-                answer = await publisher.publish(frame, first_id + index)
-            except NET_ERRORS as exc:
-                out.note(f"publish {index}: {exc!r}")
-                break  # the connection is gone: the rest count as failures below
-            out.t_last = time.perf_counter()
-            if answer.get("op") == "ok":
-                out.accepted += 1
-                out.latencies.append(out.t_last - sent)
-                last = answer.get("offset")
-                if last != index:
-                    misplaced += 1
-            else:
-                out.failures += 1
-                out.note(f"publish {index}: {answer}")
-    left = len(frames) - out.accepted - out.failures
-    if left:
-        out.failures += left
-        why = f"within {timeout}s" if scope.cancelled_caught else "(connection lost)"
-        out.note(f"{left} publishes not answered {why}")
-    return out, misplaced, last
+    """Publish `frames` one after another, each after the previous one's answer: a window
+    of one (see `publish_window`)."""
+    return await publish_window(publisher, frames, first_id, 1, timeout)
 
 
 async def publish_window(publisher: WsPublisher, frames: list[bytes], first_id: int,
@@ -192,7 +150,9 @@ async def publish_window(publisher: WsPublisher, frames: list[bytes], first_id: 
     """Publish `frames` keeping up to `window` unanswered; every answer already read frees
     a slot, and the freed slots are refilled with one write. Bounded by `timeout`.
     Returns the outcome, how many `ok` offsets were not the publish's index (one topic:
-    offsets follow the send order) and the highest offset."""
+    offsets follow the send order) and the highest offset. Unanswered publishes (errors,
+    a broken connection, the timeout) count as failures; an answer with an id not in
+    flight is skipped and counted in `publisher.stray`."""
     out = PublishOutcome()
     sent_at: dict[int, float] = {}
     misplaced = 0
@@ -211,7 +171,8 @@ async def publish_window(publisher: WsPublisher, frames: list[bytes], first_id: 
                     for index in range(sent, sent + room):
                         sent_at[first_id + index] = now
                     out.requests += room
-                    await send_all(publisher.sock, b"".join(frames[sent:sent + room]))
+                    await send_all(publisher.sock, frames[sent] if room == 1
+                                   else b"".join(frames[sent:sent + room]))
                     sent += room
                 payload: bytes | None = await publisher._next_text()
                 while payload is not None:
