@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from broker import Broker, Settings
+from broker import Broker, Settings, TopicSettings
 from gateways.serve import Addresses, serve
 
 # Every wait in a test is bounded, so a broken promise fails instead of hanging.
@@ -101,3 +101,16 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
     with trio.fail_after(timeout):
         while not await condition():
             await trio.sleep(0.01)
+
+
+# Topics with a one-slot mailbox and a short publish timeout: backpressure at once.
+ONE_SLOT_MAILBOX = Settings(topic_idle_seconds=0, publish_timeout=0.5,
+                            topic_defaults=TopicSettings(mailbox_size=1))
+
+
+async def paused_topic(broker: Broker) -> trio.Event:
+    """Topic "t", running with one message (offset 0), paused until the event is set."""
+    await broker.publish("t", broker.payload(b"x", None))
+    resume = trio.Event()
+    await broker.pause_topic("t", resume)
+    return resume

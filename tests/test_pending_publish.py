@@ -8,8 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from broker import Broker, BrokerError, Settings, TopicBusy, TopicSettings, open_broker
+from broker import BrokerError, Settings, TopicBusy, open_broker
 from broker.pending_publish import PendingPublish, PublishDeadlines
+
+from .conftest import ONE_SLOT_MAILBOX, paused_topic
 
 SETTINGS = Settings(topic_idle_seconds=0, publish_timeout=0.5)
 
@@ -26,14 +28,6 @@ class Answers:
         self.outcomes.append(outcome)
         self.times.append(trio.current_time())
         self.event.set()
-
-
-async def paused_topic(broker: Broker) -> trio.Event:
-    """Topic "t", running with one message (offset 0), paused until the event is set."""
-    await broker.publish("t", broker.payload(b"x", None))
-    resume = trio.Event()
-    await broker.pause_topic("t", resume)
-    return resume
 
 
 async def test_a_running_topic_answers_with_the_offset_on_its_own_task() -> None:
@@ -60,9 +54,7 @@ async def test_publish_soon_declines_when_the_topic_is_not_running() -> None:
 async def test_publish_soon_declines_when_the_topic_mailbox_is_full(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5,
-                        topic_defaults=TopicSettings(mailbox_size=1))
-    async with open_broker(settings) as broker:
+    async with open_broker(ONE_SLOT_MAILBOX) as broker:
         resume = await paused_topic(broker)
         first, second = Answers(), Answers()
         assert broker.publish_soon("t", broker.payload(b"queued", None), first)

@@ -24,6 +24,8 @@ from broker import (
 )
 from broker.metrics import BrokerCounters
 
+from .conftest import ONE_SLOT_MAILBOX, paused_topic
+
 PAYLOAD_SETTINGS = Settings(topic_idle_seconds=0)
 # `block` topics with a one-slot mailbox: backpressure reaches publishers at once.
 BLOCKING = Settings(topic_idle_seconds=0, publish_timeout=0.5, topic_defaults=TopicSettings(
@@ -248,12 +250,8 @@ async def test_wildcard_subscribers_are_attached_to_existing_and_future_topics()
 async def test_a_full_topic_mailbox_makes_publish_wait_then_fail_with_topic_busy(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    settings = Settings(topic_idle_seconds=0, publish_timeout=0.5,
-                        topic_defaults=TopicSettings(mailbox_size=1))
-    async with open_broker(settings) as broker:
-        await broker.publish("t", broker.payload(b"x", None))
-        resume = trio.Event()
-        await broker.pause_topic("t", resume)
+    async with open_broker(ONE_SLOT_MAILBOX) as broker:
+        resume = await paused_topic(broker)
         outcomes: list[str] = []
         async with trio.open_nursery() as nursery:
 
