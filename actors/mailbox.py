@@ -64,6 +64,12 @@ class Mailbox(Generic[T]):
         """Messages waiting now (cheaper than `statistics()` on hot paths)."""
         return self._receive.statistics().current_buffer_used
 
+    @property
+    def receiver_waiting(self) -> bool:
+        """True while the owner is parked in `receive` with nothing handed to it yet: a put
+        now would be the next thing it takes."""
+        return self._receive.statistics().tasks_waiting_receive > 0
+
     def statistics(self) -> MailboxStatistics:
         stats = self._receive.statistics()
         return MailboxStatistics(

@@ -152,6 +152,7 @@ class Broker:
 
         Waits up to `publish_timeout` for room in the topic's mailbox, then raises
         `TopicBusy` (the message was not accepted). Raises `Draining` during shutdown.
+        An idle topic takes it at once on this task (`TopicActor.publish_now`).
         """
         validate_topic(topic)
         self._publish_started()
@@ -167,15 +168,15 @@ class Broker:
             actor = await self._lookup(topic, create=True, timeout=deadline - trio.current_time())
             assert actor is not None
             reply: Reply[int] = Reply()
-            try:
-                await actor.address.tell_within(
-                    Publish(payload, reply), deadline - trio.current_time()
-                )
-            except MailboxFull:
-                raise self._busy(topic) from None
-            except ActorStopped:
-                continue
-            await reply.wait_answered_by(deadline)
+            request = Publish(payload, reply)
+            if not actor.publish_now(request):
+                try:
+                    await actor.address.tell_within(request, deadline - trio.current_time())
+                except MailboxFull:
+                    raise self._busy(topic) from None
+                except ActorStopped:
+                    continue
+                await reply.wait_answered_by(deadline)
             offset = self._outcome(reply, topic)
             self._publish_timer(time.perf_counter() - started)
             return offset
@@ -184,9 +185,11 @@ class Broker:
     def publish_soon(
         self, topic: str, payload: Payload, on_answer: Callable[[int | BrokerError], object]
     ) -> bool:
-        """Hand `payload` to its topic without waiting; True if done. The answer comes
-        later, by a call to `on_answer` on another task: the offset, or the `BrokerError`
-        refusing it (`TopicBusy` past `publish_timeout`, as with `publish`).
+        """Hand `payload` to its topic without waiting; True if done. The answer is a call
+        to `on_answer`: the offset, or the `BrokerError` refusing it (`TopicBusy` past
+        `publish_timeout`, as with `publish`). It comes before this returns when the
+        topic is idle (`TopicActor.publish_now`: no task switch), else later on another
+        task.
 
         False, with nothing done, when that cannot happen at once (the topic is not running
         or a mailbox on the way is full): then `publish` (which waits) is the way.
@@ -203,6 +206,8 @@ class Broker:
             on_answer,
             self._pending_settled,
         )
+        if actor.publish_now(Publish(payload, pending)):
+            return True  # answered already: the topic was idle (no deadline to watch)
         try:
             self._deadlines.tell_nowait(pending)  # watched before the topic can answer it
             actor.address.tell_nowait(Publish(payload, pending))

@@ -5,7 +5,9 @@ A WebSocket publish is handed to its topic without waiting (`Broker.publish_soon
 connection goes back to reading, and the topic answers on its own task by calling
 `PendingPublish.send`, which hands the offset to the connection's callback (it writes
 the `ok`). That saves the connection a task switch and a wait per publish
-(`python -m benchmarks ws-publish`).
+(`python -m benchmarks ws-publish`). A topic that is idle takes the publish at once, on
+the connection's task (`TopicActor.publish_now`): answered before `publish_soon`
+returns, with no deadline to watch.
 
 The promise of a waiting publish still holds: an answer within `publish_timeout`, and a
 `TopicBusy` answer means the message was not accepted. Each pending publish is also told

@@ -9,10 +9,11 @@
   task (`wake_writer` cancels its wait for input), which writes everything waiting with
   one `send` per batch (nats-server's flush-per-batch), waiting for the socket as it must.
 - A publish to a running topic is handed over without waiting (`Broker.publish_soon`):
-  the topic answers on its own task through `_answer_publish`, which writes the `ok` via
-  `Outbox.answer`, and this task reads on (one task switch and one wait fewer per publish;
-  `python -m benchmarks ws-publish`). A new topic, or a full mailbox, is asked and waited
-  for.
+  an idle topic takes it at once on this task (`TopicActor.publish_now`), a busy one
+  answers later on its own task; either way through `_answer_publish`, which writes the
+  `ok` via `Outbox.answer`, and this task reads on (no task switch, and no wait, per
+  publish; `python -m benchmarks ws-publish`). A new topic, or a full mailbox, is asked
+  and waited for.
 - A close (drain, eviction, the client's close, a protocol error) is a decision recorded
   on the connection; the same task writes what it must still write (first waiting for
   the answers of publishes it handed over), then the close frame, then waits for the
@@ -467,9 +468,9 @@ class WebSocketConnection:
                 self._waiting(None)
 
     def _answer_publish(self, request_id: Any, topic: str, outcome: int | BrokerError) -> None:
-        """A publish handed to its topic is answered (on the topic's task, or the publish
-        deadlines actor's): the `ok` with its offset, or the error, written at once if
-        nothing is queued before it."""
+        """A publish handed to its topic is answered (on this task when the topic was idle,
+        else on the topic's task or the publish deadlines actor's): the `ok` with its
+        offset, or the error, written at once if nothing is queued before it."""
         fmt = self._format
         if type(outcome) is int:
             data = codec.encode_published(fmt, request_id, topic, outcome)  # type: ignore[arg-type]
@@ -626,13 +627,21 @@ class WebSocketConnection:
         match request:
             case PublishRequest(topic, data, content_type, kind, request_id):
                 payload = Payload(data, content_type, kind)
+                # Usually answered at once (an idle topic) or later on the topic's task,
+                # while this one reads on. Counted first: the answer may come before
+                # `publish_soon` returns.
+                self._unanswered += 1
                 try:
-                    # Usually the topic answers on its own task, and this one reads on.
-                    if self._broker.publish_soon(
+                    handed = self._broker.publish_soon(
                         topic, payload, partial(self._answer_publish, request_id, topic)
-                    ):
-                        self._unanswered += 1
-                        return
+                    )
+                except BrokerError as exc:
+                    self._unanswered -= 1
+                    raise RequestRejected(exc, request_id) from exc
+                if handed:
+                    return
+                self._unanswered -= 1
+                try:
                     offset = await self._broker.publish(topic, payload)
                 except BrokerError as exc:
                     raise RequestRejected(exc, request_id) from exc

@@ -30,16 +30,30 @@ class Answers:
         self.event.set()
 
 
-async def test_a_running_topic_answers_with_the_offset_on_its_own_task() -> None:
+async def test_an_idle_topic_answers_with_the_offset_at_once() -> None:
     async with open_broker(SETTINGS) as broker:
         await broker.publish("t", broker.payload(b"first", None))  # the topic runs now
         answers = Answers()
         assert broker.publish_soon("t", broker.payload(b"second", None), answers)
+        assert answers.outcomes == [1]  # on this task, before any checkpoint
+        broker.begin_drain()
+        with trio.fail_after(0.01):
+            await broker.wait_settled()  # answered: nothing left in flight
+        page = await broker.history("t", 0, 10)
+        assert [m.data for m in page.messages] == [b"first", b"second"]
+
+
+async def test_a_busy_topic_answers_with_the_offset_on_its_own_task() -> None:
+    async with open_broker(SETTINGS) as broker:
+        resume = await paused_topic(broker)
+        answers = Answers()
+        assert broker.publish_soon("t", broker.payload(b"second", None), answers)
         assert answers.outcomes == []  # handed over: nothing answered before the topic runs
+        resume.set()
         await answers.event.wait()
         assert answers.outcomes == [1]
         page = await broker.history("t", 0, 10)
-        assert [m.data for m in page.messages] == [b"first", b"second"]
+        assert [m.data for m in page.messages] == [b"x", b"second"]
 
 
 async def test_publish_soon_declines_when_the_topic_is_not_running() -> None:

@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors import Reply
 from broker import (
     Broker,
     CloseReason,
@@ -22,7 +23,9 @@ from broker import (
     Unavailable,
     open_broker,
 )
+from broker.messages import Pause, Payload, Publish
 from broker.metrics import BrokerCounters
+from broker.topic import ANSWER_FIRST_SUBSCRIBERS, TopicActor
 
 from .conftest import ONE_SLOT_MAILBOX, paused_topic
 
@@ -548,3 +551,150 @@ async def test_a_bulk_batch_is_written_to_each_subscriber_in_one_write(
         await trio.testing.wait_all_tasks_blocked()
         for sock in sockets:
             assert [data for _, data in sock.writes] == [b"frame-0frame-1frame-2"]
+
+
+# -- publish_now: an idle topic's step on the publisher's task --------------------------
+
+
+async def running_topic(
+    nursery: trio.Nursery, settings: TopicSettings | None = None
+) -> TopicActor:
+    """A topic actor of its own (no directory), started and parked waiting for requests."""
+    actor = TopicActor("t", settings or TopicSettings(), BrokerCounters(), 60.0, lambda _: None)
+    await nursery.start(actor.run)
+    await trio.testing.wait_all_tasks_blocked()
+    return actor
+
+
+def publish(data: bytes = b"x") -> tuple[Publish, Reply[int]]:
+    reply: Reply[int] = Reply()
+    return Publish(Payload(data, "application/octet-stream", "binary"), reply), reply
+
+
+async def test_an_idle_topic_publishes_at_once_and_one_handed_over_first_keeps_its_place() -> None:
+    async with trio.open_nursery() as nursery:
+        actor = await running_topic(nursery)
+        request, reply = publish()
+        assert actor.publish_now(request)
+        assert reply.result() == 0  # answered on this task, no checkpoint between
+        first, first_reply = publish()
+        actor.address.tell_nowait(first)  # handed to the parked task, which has not run yet
+        second, second_reply = publish()
+        assert not actor.publish_now(second)  # it would overtake `first`
+        actor.address.tell_nowait(second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (first_reply.result(), second_reply.result()) == (1, 2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_publish_now_leaves_a_paused_topic_to_its_task() -> None:
+    async with trio.open_nursery() as nursery:
+        actor = await running_topic(nursery)
+        resume = trio.Event()
+        actor.address.tell_nowait(Pause(resume))
+        await trio.testing.wait_all_tasks_blocked()
+        request, reply = publish()
+        assert not actor.publish_now(request)
+        assert not reply.answered
+        nursery.cancel_scope.cancel()
+
+
+async def test_publish_now_writes_a_lone_frame_to_a_few_subscribers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    render, _ = counting_render()
+    async with trio.open_nursery() as nursery:
+        actor = await running_topic(nursery)
+        sock = RecordingSocket(1, render)
+        actor.attach(sock.subscriber, "t")
+        request, reply = publish()
+        assert actor.publish_now(request)
+        assert reply.result() == 0
+        assert [data for _, data in sock.writes] == [b"frame-0"]  # written, no task switch
+        # Within the flush delay of that write, the topic would hold a burst open for
+        # more: that is its task's to do.
+        request, reply = publish()
+        assert not actor.publish_now(request)
+        await trio.sleep(TopicSettings().flush_delay)
+        assert actor.publish_now(request) and reply.result() == 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("subscribers", "policy"),
+    [(ANSWER_FIRST_SUBSCRIBERS, SlowConsumerPolicy.DISCONNECT), (1, SlowConsumerPolicy.BLOCK)],
+)
+async def test_publish_now_leaves_wide_and_block_topics_to_their_task(
+    subscribers: int, policy: SlowConsumerPolicy
+) -> None:
+    """Many subscribers: the topic answers, lets the publisher run, then writes; `block`:
+    the topic may have to wait for a full outbox. Neither fits one step on another task."""
+    render, _ = counting_render()
+    async with trio.open_nursery() as nursery:
+        actor = await running_topic(nursery, TopicSettings(slow_consumer_policy=policy))
+        for n in range(subscribers):
+            actor.attach(RecordingSocket(n, render).subscriber, "t")
+        request, reply = publish()
+        assert not actor.publish_now(request)
+        actor.address.tell_nowait(request)
+        await trio.testing.wait_all_tasks_blocked()
+        assert reply.result() == 0
+        nursery.cancel_scope.cancel()
+
+
+class FailingOnce(RecordingSocket):
+    """A subscriber socket whose first write raises something unforeseen (a bug)."""
+
+    def __init__(self, connection_id: int, render: Callable[[Message], bytes]) -> None:
+        super().__init__(connection_id, render)
+        self.failed = False
+
+    def _write(self, data: bytes) -> int:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("unforeseen")
+        return super()._write(data)
+
+
+async def test_a_publish_step_that_fails_on_the_publishers_task_crashes_the_topic_actor() -> None:
+    """The failure reaches the topic's supervisor as a crash on the topic's own task: it
+    restarts the topic with its state, as after any crash."""
+    render, _ = counting_render()
+    async with open_broker(PAYLOAD_SETTINGS) as broker:
+        await broker.publish("t", broker.payload(b"first", None))  # the topic runs, idle
+        sock = FailingOnce(1, render)
+        await broker.subscribe(sock.subscriber, "t")
+        assert await broker.publish("t", broker.payload(b"x", None)) == 1  # accepted first
+        await trio.testing.wait_all_tasks_blocked()
+        assert broker.counters.topic_crashes == 1 and broker.counters.topic_restarts == 1
+        assert await broker.publish("t", broker.payload(b"y", None)) == 2
+        await broker.flush()
+        assert b"".join(data for _, data in sock.writes) == b"frame-1frame-2"
+
+
+async def test_publish_now_leaves_a_topic_holding_a_burst_open_to_its_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Mid-turn (a burst held open for more, waiting on its mailbox) is not idle, even
+    once the last write is older than the flush delay."""
+    render, _ = counting_render()
+    delay = 0.001
+    async with trio.open_nursery() as nursery:
+        actor = await running_topic(nursery, TopicSettings(flush_delay=delay))
+        sock = RecordingSocket(1, render)
+        actor.attach(sock.subscriber, "t")
+        first, _ = publish()
+        assert actor.publish_now(first)  # written at once
+        await trio.sleep(delay * 0.9)
+        held, held_reply = publish()
+        actor.address.tell_nowait(held)  # within the delay: held open until +delay
+        await trio.testing.wait_all_tasks_blocked()
+        assert held_reply.result() == 1 and len(sock.writes) == 1
+        await trio.sleep(delay * 0.2)  # the last write is now older than the delay
+        late, late_reply = publish()
+        assert not actor.publish_now(late)
+        actor.address.tell_nowait(late)
+        await trio.sleep(delay)
+        assert late_reply.result() == 2
+        assert [data for _, data in sock.writes] == [b"frame-0", b"frame-1frame-2"]
+        nursery.cancel_scope.cancel()
