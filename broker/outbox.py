@@ -321,10 +321,14 @@ class Outbox:
         self._wake()
         return Offer.ACCEPTED
 
-    def answer(self, frame: bytes) -> None:
+    def answer(self, frame: bytes, more: bool = False) -> None:
         """Queue a reply frame and write it now if nothing is queued or being written,
         without a task switch: the connection's own replies, and those given on another
         task (a publish's answer, from its topic).
+
+        `more=True` says more answers follow at once (the rest of a client's pipelined
+        requests): only queued; the caller must `flush` when done, so they go out as one
+        write instead of one per answer (`python -m benchmarks ws-publish`, window).
 
         Never refused for room: a connection gets at most one answer per publish it
         made, and each of those was admitted by a topic's bounded mailbox. Dropped once
@@ -333,6 +337,9 @@ class Outbox:
         if self._closed:
             return
         items = self._items
+        if more:
+            items.append(ControlFrame(frame))
+            return
         write_now = self._write_now
         if items or self._writing or write_now is None or self._gaps:
             items.append(ControlFrame(frame))

@@ -13,7 +13,9 @@
   answers later on its own task; either way through `_answer_publish`, which writes the
   `ok` via `Outbox.answer`, and this task reads on (no task switch, and no wait, per
   publish; `python -m benchmarks ws-publish`). A new topic, or a full mailbox, is asked
-  and waited for.
+  and waited for. The answers of publishes read in one go (a pipelining client) are
+  queued and written together after the last of them, or before any request that may
+  wait: one write instead of one per publish (`ws-publish-window`).
 - A close (drain, eviction, the client's close, a protocol error) is a decision recorded
   on the connection; the same task writes what it must still write (first waiting for
   the answers of publishes it handed over), then the close frame, then waits for the
@@ -184,12 +186,14 @@ class WebSocketConnection:
         "_broker",
         "_capacity",
         "_close_requested",
+        "_corked",
         "_deadline",
         "_evicted",
         "_format",
         "_frame_wrap",
         "_invalid",
         "_max_frame",
+        "_more_input",
         "_opening",
         "_parts",
         "_patterns",
@@ -245,6 +249,10 @@ class WebSocketConnection:
         # Publishes handed to their topic and not answered yet (`publish_soon`); a closing
         # connection waits for their answers (`_answered`) before its close frame.
         self._unanswered = 0
+        # More client frames follow in the data being served (`_receive`); while a publish
+        # is handed over with more to follow, its answer is only queued (`_corked`).
+        self._more_input = False
+        self._corked = False
         self._answered: trio.Event | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -476,7 +484,7 @@ class WebSocketConnection:
             data = codec.encode_published(fmt, request_id, topic, outcome)  # type: ignore[arg-type]
         else:
             data = codec.encode_error(fmt, request_id, outcome)  # type: ignore[arg-type]
-        self.outbox.answer(self._frame_wrap(data))
+        self.outbox.answer(self._frame_wrap(data), self._corked)
         self._unanswered -= 1
         if not self._unanswered and self._answered is not None:
             self._answered.set()
@@ -542,12 +550,15 @@ class WebSocketConnection:
                     except UnicodeDecodeError:
                         break  # wsproto closes with 1007
                 at = end
+                self._more_input = end < len(buffer)
                 reason = await self._serve_frame(frame, is_text)
+                self._more_input = False
                 if reason is not None:
                     return reason
                 continue
             if kind == INCOMPLETE:
                 self._pending = buffer[at:]
+                self.outbox.flush()  # the answers queued while more frames followed
                 return None
             if kind == TOO_BIG:
                 return CloseReason.MESSAGE_TOO_BIG
@@ -624,6 +635,8 @@ class WebSocketConnection:
 
     async def _dispatch(self, request: Any) -> None:
         fmt = self._format
+        if type(request) is not PublishRequest:
+            self.outbox.flush()  # answers queued for earlier frames: not behind a wait
         match request:
             case PublishRequest(topic, data, content_type, kind, request_id):
                 payload = Payload(data, content_type, kind)
@@ -631,6 +644,7 @@ class WebSocketConnection:
                 # while this one reads on. Counted first: the answer may come before
                 # `publish_soon` returns.
                 self._unanswered += 1
+                self._corked = self._more_input
                 try:
                     handed = self._broker.publish_soon(
                         topic, payload, partial(self._answer_publish, request_id, topic)
@@ -638,9 +652,12 @@ class WebSocketConnection:
                 except BrokerError as exc:
                     self._unanswered -= 1
                     raise RequestRejected(exc, request_id) from exc
+                finally:
+                    self._corked = False
                 if handed:
                     return
                 self._unanswered -= 1
+                self.outbox.flush()  # answers queued for earlier frames: not behind a wait
                 try:
                     offset = await self._broker.publish(topic, payload)
                 except BrokerError as exc:

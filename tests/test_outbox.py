@@ -174,6 +174,20 @@ async def test_an_answer_waits_for_the_write_in_progress_and_keeps_a_begun_frame
     assert rest == ControlFrame(b"k2") and queued.offset == 1  # type: ignore[attr-defined]
 
 
+async def test_answers_with_more_to_follow_are_queued_then_written_in_one_write() -> None:
+    sock, counters = FakeSocket(), BrokerCounters()
+    outbox = Outbox(8, render, counters, sock.write)
+    outbox.answer(b"ok1", more=True)
+    outbox.answer(b"ok2", more=True)
+    assert sock.written == b"" and len(outbox) == 2
+    outbox.answer(b"ok3")  # the last of them: everything queued goes out at once
+    assert sock.written == b"ok1ok2ok3" and sock.calls == 1
+    outbox.answer(b"ok4", more=True)
+    outbox.flush()  # or the caller flushes once done
+    assert sock.written == b"ok1ok2ok3ok4" and sock.calls == 2
+    assert len(outbox) == 0 and counters.delivered == 0
+
+
 async def test_an_answer_to_a_closed_outbox_is_dropped() -> None:
     sock = FakeSocket()
     outbox = Outbox(8, render, BrokerCounters(), sock.write)

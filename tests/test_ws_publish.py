@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 
 import orjson
+import pytest
 import trio
 import trio.testing
 
@@ -54,6 +55,39 @@ async def test_pipelined_publishes_are_each_answered_with_their_offset(
     assert {a["op"] for a in answers} == {"ok"}
     page = await running.broker.history("pipe", 0, 100)  # type: ignore[union-attr]
     assert [orjson.loads(m.data) for m in page.messages] == list(range(51))
+    await raw.aclose()
+
+
+@pytest.mark.parametrize("waiting", ["publish", "subscribe"])
+async def test_answers_queued_for_pipelined_publishes_do_not_wait_behind_a_waiting_request(
+    start_broker: StartBroker, waiting: str
+) -> None:
+    """Answers to publishes read together go out together, after the last of them; but a
+    request that has to wait (its topic's mailbox is full) does not hold back the
+    answers already given to the publishes before it."""
+    running = await start_broker(publish_timeout=TIMEOUT * 4,
+                                 topic_defaults=TopicSettings(mailbox_size=1))
+    await open_topic(running, "free")
+    broker, resume = await stalled_topic(running, "full")
+    assert broker.publish_soon("full", broker.payload(b"1", None), lambda _: None)  # 1 slot
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    third = (publish_frame("full", 3, "c") if waiting == "publish" else masked_frame(
+        0x1, b'{"op": "subscribe", "topic": "full", "id": "c"}'))
+    await raw.send(publish_frame("free", 1, "a") + publish_frame("free", 2, "b") + third)
+    answers = []
+    with trio.fail_after(TIMEOUT):  # "c" waits until resumed: "a" and "b" come first
+        for _ in range(2):
+            frame = await raw.read_frame()
+            assert frame is not None
+            answers.append(orjson.loads(frame.payload))
+    assert [(a["id"], a["offset"]) for a in answers] == [("a", 1), ("b", 2)]
+    resume.set()
+    frame = await raw.read_frame()
+    assert frame is not None
+    answer = orjson.loads(frame.payload)
+    assert (answer["op"], answer["id"], answer["topic"]) == ("ok", "c", "full")
+    if waiting == "publish":
+        assert answer["offset"] == 2
     await raw.aclose()
 
 
