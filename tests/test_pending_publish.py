@@ -176,3 +176,12 @@ async def test_deadlines_look_at_each_tick_and_stop_at_the_first_not_due(
         assert [(t, type(o)) for t, o in told][2:] == [("t2", TopicBusy)]
         assert deadlines.watched == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_waiting_publish_taken_at_once_by_an_idle_topic_is_still_a_checkpoint() -> None:
+    """`Broker.publish` is async: it lets other tasks run even when the topic took the
+    message on this task (a loop of publishes must not starve the rest of the broker)."""
+    async with open_broker(SETTINGS) as broker:
+        await broker.publish("t", broker.payload(b"first", None))  # the topic runs, idle
+        with trio.testing.assert_checkpoints():
+            assert await broker.publish("t", broker.payload(b"second", None)) == 1
