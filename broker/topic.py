@@ -124,8 +124,10 @@ class TopicActor:
         # A publisher was answered this turn and its message is in the burst (`_next_in_burst`).
         self._answered = False
         self.retired = False
-        # Parked at the top of `run`, waiting for a request, nothing held (`publish_now`).
+        # Parked at the top of `run`, waiting for a request, nothing held; or parked waiting
+        # for more to join a held burst (`publish_now`).
         self._idle = False
+        self._holding = False
         # When the last turn with work other than an `IdleTick` ended (trio time). Written
         # only by this actor; the directory reads it to know when to send the next tick, so
         # waiting for a request costs no per-wait timeout here.
@@ -172,15 +174,17 @@ class TopicActor:
                 if active:
                     self.last_active = trio.current_time()
         finally:
-            self._idle = False
+            self._idle = self._holding = False
             self._flush()  # even after a crash, nothing forwarded is left unsent
 
     def publish_now(self, request: Publish) -> bool:
         """Handle `request` at once on the caller's task if this topic is idle: parked
-        waiting for a request, nothing queued or handed to it, nothing held to write, and
-        a publish it would answer and forward in one step (fewer than
-        `ANSWER_FIRST_SUBSCRIBERS` subscribers, not the `block` policy, no burst held
-        open). Returns False, with nothing done, otherwise: then tell it.
+        waiting for a request with nothing queued or handed to it, either between turns
+        or holding a burst open for more (the message joins it, and the task writes it
+        when the hold ends), and a publish it would answer and forward in one step (fewer
+        than `ANSWER_FIRST_SUBSCRIBERS` subscribers, not the `block` policy, and between
+        turns not one that would open a held burst). Returns False, with nothing done,
+        otherwise: then tell it.
 
         The step is the one this actor's task would run next, with the same state, and it
         never awaits, so it cannot interleave with the task (trio runs one task at a time);
@@ -189,7 +193,8 @@ class TopicActor:
         ws-publish single e2e`), as a lone frame is written by the topic (`Outbox.offer`).
         A step that raises answers `Unavailable` and is reported to the supervisor on the
         actor's own task (a `Crash`), as a crash there would be."""
-        if not self._idle or self.retired or not self._mailbox.receiver_waiting:
+        idle, holding = self._idle, self._holding
+        if not (idle or holding) or self.retired or not self._mailbox.receiver_waiting:
             return False
         subscribers = len(self._subscriptions)
         if subscribers:
@@ -198,16 +203,16 @@ class TopicActor:
                     or settings.slow_consumer_policy is SlowConsumerPolicy.BLOCK):
                 return False
             delay = settings.flush_delay
-            if delay and trio.current_time() - self._last_write < delay:
-                return False  # `_forward` would hold a burst open: the task writes it
-        self._idle = False
+            if idle and delay and trio.current_time() - self._last_write < delay:
+                return False  # `_forward` would open a held burst: the task writes it
+        self._idle = self._holding = False
         try:
             self._handle_or_fail(request)
         except Exception as exc:
             log.exception("topic %s: publish failed", self.name)
             self.address.tell_nowait(Crash(f"publish failed: {exc!r}"))
         finally:
-            self._idle = True
+            self._idle, self._holding = idle, holding
         self.last_active = trio.current_time()
         return True
 
@@ -246,7 +251,11 @@ class TopicActor:
         if self._hold_until is None:
             return None
         with trio.move_on_at(self._hold_until):
-            return await self._mailbox.receive()
+            self._holding = True
+            try:
+                return await self._mailbox.receive()
+            finally:
+                self._holding = False
         return None
 
     def _handle_or_fail(self, request: TopicRequest) -> None:

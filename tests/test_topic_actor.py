@@ -672,11 +672,11 @@ async def test_a_publish_step_that_fails_on_the_publishers_task_crashes_the_topi
         assert b"".join(data for _, data in sock.writes) == b"frame-1frame-2"
 
 
-async def test_publish_now_leaves_a_topic_holding_a_burst_open_to_its_task(
+async def test_a_publish_now_joins_a_burst_held_open_and_is_written_with_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Mid-turn (a burst held open for more, waiting on its mailbox) is not idle, even
-    once the last write is older than the flush delay."""
+    """A topic holding a burst open for more (waiting on its mailbox) takes a publish at
+    once too: answered now, written with the burst when the hold ends."""
     render, _ = counting_render()
     delay = 0.001
     async with trio.open_nursery() as nursery:
@@ -685,16 +685,18 @@ async def test_publish_now_leaves_a_topic_holding_a_burst_open_to_its_task(
         actor.attach(sock.subscriber, "t")
         first, _ = publish()
         assert actor.publish_now(first)  # written at once
-        await trio.sleep(delay * 0.9)
+        start = trio.current_time()
+        await trio.sleep(delay * 0.3)
         held, held_reply = publish()
-        actor.address.tell_nowait(held)  # within the delay: held open until +delay
+        assert not actor.publish_now(held)  # it would open a held burst: the task's to do
+        actor.address.tell_nowait(held)
         await trio.testing.wait_all_tasks_blocked()
-        assert held_reply.result() == 1 and len(sock.writes) == 1
-        await trio.sleep(delay * 0.2)  # the last write is now older than the delay
-        late, late_reply = publish()
-        assert not actor.publish_now(late)
-        actor.address.tell_nowait(late)
+        assert held_reply.result() == 1 and len(sock.writes) == 1  # held open until +delay
+        await trio.sleep(delay * 0.3)  # still within the delay of the last write
+        joining, joining_reply = publish()
+        assert actor.publish_now(joining)
+        assert joining_reply.result() == 2 and len(sock.writes) == 1  # answered, held
         await trio.sleep(delay)
-        assert late_reply.result() == 2
         assert [data for _, data in sock.writes] == [b"frame-0", b"frame-1frame-2"]
+        assert sock.writes[1][0] - start == pytest.approx(delay * 1.3)  # when the hold ended
         nursery.cancel_scope.cancel()
