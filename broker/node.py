@@ -215,11 +215,12 @@ class Broker:
             on_answer,
             self._pending_settled,
         )
-        if actor.publish_now(Publish(payload, pending)):
+        request = Publish(payload, pending)
+        if actor.publish_now(request):
             return True  # answered already: the topic was idle (no deadline to watch)
         try:
             self._deadlines.tell_nowait(pending)  # watched before the topic can answer it
-            actor.address.tell_nowait(Publish(payload, pending))
+            actor.address.tell_nowait(request)
         except (MailboxFull, ActorStopped):
             pending.withdraw()
             self._publish_ended()
