@@ -124,7 +124,9 @@ class Flush:
 
 @dataclass(frozen=True, slots=True)
 class Crash:
-    """Test-only poison message: the topic raises while handling it (fault injection)."""
+    """A poison message: the topic raises while handling it, so its supervisor sees a
+    crash on the topic's own task. Fault injection in tests, and how a publish step that
+    failed on a publisher's task (`TopicActor.publish_now`) is reported."""
 
     error: str
 
