@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from broker import BrokerError, Settings, TopicBusy, open_broker
+from broker import Broker, BrokerError, Settings, TopicBusy, open_broker
 from broker.pending_publish import PendingPublish, PublishDeadlines
 
 from .conftest import ONE_SLOT_MAILBOX, paused_topic
@@ -30,6 +30,15 @@ class Answers:
         self.event.set()
 
 
+async def handed_to_paused_topic(broker: Broker, data: bytes) -> tuple[trio.Event, Answers]:
+    """A publish of `data` handed to topic "t" (offset 0 taken), paused until the event is
+    set; its answers, when they come, in the `Answers`."""
+    resume = await paused_topic(broker)
+    answers = Answers()
+    assert broker.publish_soon("t", broker.payload(data, None), answers)
+    return resume, answers
+
+
 async def test_an_idle_topic_answers_with_the_offset_at_once() -> None:
     async with open_broker(SETTINGS) as broker:
         await broker.publish("t", broker.payload(b"first", None))  # the topic runs now
@@ -45,9 +54,7 @@ async def test_an_idle_topic_answers_with_the_offset_at_once() -> None:
 
 async def test_a_busy_topic_answers_with_the_offset_on_its_own_task() -> None:
     async with open_broker(SETTINGS) as broker:
-        resume = await paused_topic(broker)
-        answers = Answers()
-        assert broker.publish_soon("t", broker.payload(b"second", None), answers)
+        resume, answers = await handed_to_paused_topic(broker, b"second")
         assert answers.outcomes == []  # handed over: nothing answered before the topic runs
         resume.set()
         await answers.event.wait()
@@ -89,10 +96,8 @@ async def test_an_unanswered_publish_is_refused_busy_after_the_timeout_and_withd
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_broker(SETTINGS) as broker:
-        resume = await paused_topic(broker)
-        answers = Answers()
-        started = trio.current_time()
-        assert broker.publish_soon("t", broker.payload(b"late", None), answers)
+        resume, answers = await handed_to_paused_topic(broker, b"late")
+        started = trio.current_time()  # handed over in this same step: no time between
         await answers.event.wait()
         [outcome] = answers.outcomes
         assert isinstance(outcome, TopicBusy)
@@ -113,9 +118,7 @@ async def test_drain_waits_for_handed_over_publishes_to_be_answered(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_broker(SETTINGS) as broker:
-        resume = await paused_topic(broker)
-        answers = Answers()
-        assert broker.publish_soon("t", broker.payload(b"y", None), answers)
+        resume, answers = await handed_to_paused_topic(broker, b"y")
         broker.begin_drain()
         settled = trio.Event()
 
