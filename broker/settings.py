@@ -71,6 +71,14 @@ class Settings:
     drain_seconds: float = 5.0
     # Seconds a WebSocket client has to complete its opening handshake.
     handshake_timeout: float = 10.0
+    # Seconds from a request's first byte to the end of its head (slowloris bound).
+    header_timeout: float = 10.0
+    # Bytes per second an incomplete HTTP body or WebSocket frame must keep arriving at,
+    # after a grace of `header_timeout`: a trickle is closed, a slow link is not.
+    min_receive_rate: float = 1024.0
+    # Seconds one write to a client (an HTTP answer, a WebSocket batch) may take; past it
+    # the connection is closed and what it held is released.
+    write_timeout: float = 10.0
     topic_defaults: TopicSettings = field(default_factory=TopicSettings)
     topic_overrides: tuple[tuple[str, TopicSettings], ...] = ()
 
@@ -203,6 +211,9 @@ def _check(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1")
+    for name in ("header_timeout", "min_receive_rate", "write_timeout"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"setting {name!r} must be above 0")
     for name in ("port", "ws_port"):
         if not 0 <= getattr(settings, name) <= 65535:
             raise SettingsError(f"setting {name!r} must be a TCP port (0 picks a free one)")

@@ -111,6 +111,13 @@ def take_over(listeners: list[trio.SocketListener]) -> list[socket.socket]:
     return sockets
 
 
+def receive_deadline(started: float, received: int, grace: float, min_rate: float) -> float:
+    """When an incomplete request or frame begun at `started` (trio time), `received` bytes
+    of it so far, is given up: `grace` seconds, plus one more per `min_rate` bytes that
+    arrived. A slow link keeps going; a trickle (slowloris) runs out of time."""
+    return started + grace + received / min_rate
+
+
 class ConnectionLost(Exception):
     """Nothing more can be said on this socket: the peer is gone (a send failed), or a
     write did not finish by the connection's deadline."""
@@ -169,6 +176,7 @@ __all__ = [
     "accept_loop",
     "prepare",
     "receive",
+    "receive_deadline",
     "send_all",
     "set_tcp_options",
     "take_over",
