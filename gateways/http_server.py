@@ -3,12 +3,14 @@
 It replaced hypercorn, whose per-request machinery (h11 events, two tasks per connection,
 an idle-timer task restarted on every request) cost ~3/4 of the server CPU of a publish.
 Here a connection is one task on a plain socket (`tcp`): read until a request is complete
-(`http_wire` parses it), call the handler, write the answer with one `send_all`, repeat
-(keep-alive, pipelining).
+(`http_reader`: llhttp, fed each read once), call the handler, write the answer with one
+`send_all`, repeat (keep-alive, pipelining).
 
-Bounded everywhere: a request head is at most `http_wire.MAX_HEAD_BYTES`, a body at most
-`max_body`; a connection that is idle, or sends nothing for `keep_alive` seconds in the
-middle of a request, is closed. Drain (`drain()`): stop accepting, close idle keep-alive
+Bounded everywhere: a request head is at most `http_wire.MAX_HEAD_BYTES` and arrives within
+`header_timeout` of its first byte; a body is at most `max_body` and arrives at
+`min_receive_rate` after that grace; an answer is written within `write_timeout`; a
+connection that is idle, or sends nothing for `keep_alive` seconds in the middle of a
+request, is closed. Drain (`drain()`): stop accepting, close idle keep-alive
 connections at once, let requests in flight finish and close their connections after
 answering (`connection: close`).
 """
@@ -24,17 +26,22 @@ from functools import partial
 
 import orjson
 import trio
-from trio.lowlevel import notify_closing, wait_readable
+from trio.lowlevel import checkpoint, notify_closing, wait_readable
 
 from .errors import HTTP_CODES, error_body
-from .http_wire import CONTINUE, HttpError, RequestHead, parse_chunked, parse_head, response_head
-from .tcp import ConnectionLost, accept_loop, receive, send_all, take_over
+from .http_reader import RequestReader
+from .http_wire import CONTINUE, HttpError, RequestHead, response_head
+from .tcp import ConnectionLost, accept_loop, receive, receive_deadline, send_all, take_over
 
 log = logging.getLogger("gateways.http_server")
 
 # Bytes read per receive: a whole publish (head and body) usually arrives in one read.
 RECEIVE_SIZE = 65536
 JSON = b"application/json"
+# The time bounds' defaults, as `broker.Settings` has them (see there).
+HEADER_TIMEOUT = 10.0
+MIN_RECEIVE_RATE = 1024.0
+WRITE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,24 +83,39 @@ class _Closed(Exception):
 
 
 class _Connection:
-    """One client's socket and its one cancel scope, which has a deadline (keep-alive)
+    """One client's socket, its request reader, and its cancel scope, which has a deadline
     only while the task waits for bytes, and which drain cancels only while it is idle.
-    A scope per wait cost more than parsing the request (`python -m benchmarks single`)."""
+    A scope per wait cost more than parsing the request (`python -m benchmarks single`):
+    a new one is made only after one was cancelled. The request being read started at
+    `started` (trio time of its first bytes) and, once its head is in, `body_started`,
+    `body_received` bytes ago (both set lazily: by the first wait that needs them)."""
 
-    __slots__ = ("scope", "sock")
+    __slots__ = ("body_received", "body_started", "continued", "reader", "scope", "sock",
+                 "started")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, reader: RequestReader) -> None:
         self.sock = sock
+        self.reader = reader
         self.scope = trio.CancelScope()
+        self.started: float | None = None
+        self.body_started: float | None = None
+        self.body_received = 0
+        self.continued = False
 
 
 class HttpServer:
     """Serve `handler` on listeners until cancelled or drained (see the module docstring)."""
 
-    def __init__(self, handler: Handler, *, max_body: int, keep_alive: float) -> None:
+    def __init__(self, handler: Handler, *, max_body: int, keep_alive: float,
+                 header_timeout: float = HEADER_TIMEOUT,
+                 min_receive_rate: float = MIN_RECEIVE_RATE,
+                 write_timeout: float = WRITE_TIMEOUT) -> None:
         self._handler = handler
         self._max_body = max_body
         self._keep_alive = keep_alive
+        self._header_timeout = header_timeout
+        self._min_receive_rate = min_receive_rate
+        self._write_timeout = write_timeout
         self._accepting = trio.CancelScope()
         # Connections waiting for their next request: drain closes them.
         self._idle: set[_Connection] = set()
@@ -124,77 +146,86 @@ class HttpServer:
             connection.scope.cancel()
 
     async def _serve_connection(self, sock: socket.socket) -> None:
-        connection = _Connection(sock)
+        connection = _Connection(sock, RequestReader(self._max_body))
         client = _address(sock.getpeername)
         server = _address(sock.getsockname)
-        buffer = bytearray()
         try:
-            with connection.scope:  # cancelled: timed out or drained while idle
-                while not self.draining:
-                    try:
-                        request = await self._read_request(connection, buffer, client, server)
-                    except HttpError as error:
-                        await send_all(sock, _encode(error_response(error.status, error.message),
-                                                     None, close=True), math.inf)
-                        await _linger(sock)
-                        return
-                    keep_alive = request.head.keep_alive
-                    try:
-                        response = await self._handler(request)
-                    except Exception:
-                        log.exception("HTTP handler failed for %s %s",
-                                      request.head.method, request.head.target)
-                        response = error_response(500, "internal error", "internal")
-                        keep_alive = False
-                    keep_alive = keep_alive and not self.draining
-                    await send_all(sock, _encode(response, request.head, close=not keep_alive),
-                                   math.inf)
-                    if not keep_alive:
-                        return
+            while True:
+                with connection.scope:
+                    await self._serve_requests(connection, client, server)
+                    return
+                # A wait was cancelled: by drain (the connection was idle), or by its
+                # deadline. Bytes that came meanwhile (the loop may have been stalled past
+                # the deadline) are served; a connection with none is done.
+                if self.draining or not self._receive_nowait(connection):
+                    return
+                connection.scope = trio.CancelScope()  # a cancelled scope stays cancelled
         except (_Closed, ConnectionLost):
             pass
         finally:
             notify_closing(sock)
             sock.close()
 
-    async def _read_request(
+    async def _serve_requests(
         self,
         connection: _Connection,
-        buffer: bytearray,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
-    ) -> HttpRequest:
-        """The next complete request from `buffer` and the socket (consumed from `buffer`)."""
-        parsed = parse_head(buffer) if buffer else None
-        while parsed is None:
-            await self._receive(connection, buffer, idle=not buffer)
-            parsed = parse_head(buffer)
-        head, at = parsed
-        if head.chunked:
-            if head.expect_continue:
-                await send_all(connection.sock, CONTINUE, math.inf)
-            while (decoded := parse_chunked(buffer, at, self._max_body)) is None:
-                await self._receive(connection, buffer, idle=False)
-            body, end = decoded
-        else:
-            length = head.content_length or 0
-            if length > self._max_body:
-                raise HttpError(413, f"body is {length} bytes; the limit is {self._max_body}")
-            end = at + length
-            if len(buffer) < end and head.expect_continue:
-                await send_all(connection.sock, CONTINUE, math.inf)
-            while len(buffer) < end:
-                await self._receive(connection, buffer, idle=False)
-            body = bytes(buffer[at:end])
-        del buffer[:end]
-        return HttpRequest(head, body, client, server)
+    ) -> None:
+        sock = connection.sock
+        while not self.draining:
+            try:
+                head, body = await self._read_request(connection)
+            except HttpError as error:
+                await send_all(sock, _encode(error_response(error.status, error.message),
+                                             None, close=True),
+                               trio.current_time() + self._write_timeout)
+                await _linger(sock)
+                return
+            keep_alive = head.keep_alive
+            try:
+                response = await self._handler(HttpRequest(head, body, client, server))
+            except Exception:
+                log.exception("HTTP handler failed for %s %s", head.method, head.target)
+                response = error_response(500, "internal error", "internal")
+                keep_alive = False
+            keep_alive = keep_alive and not self.draining
+            # A client that does not read its answer within write_timeout is dropped,
+            # and with it the answer's bytes.
+            await send_all(sock, _encode(response, head, close=not keep_alive),
+                           trio.current_time() + self._write_timeout)
+            if not keep_alive:
+                return
 
-    async def _receive(self, connection: _Connection, buffer: bytearray, *, idle: bool) -> None:
-        """Append the next bytes to `buffer`; `_Closed` on EOF, timeout or (if idle) drain.
+    async def _read_request(self, connection: _Connection) -> tuple[RequestHead, bytes]:
+        """The next complete request (head and body); raises `HttpError` if refused."""
+        reader = connection.reader
+        while (request := reader.next_request()) is None:
+            if reader.finished:
+                raise _Closed  # after an Upgrade request: nothing more is HTTP
+            head = reader.head
+            if head is not None and head.expect_continue and not connection.continued:
+                connection.continued = True
+                await send_all(connection.sock, CONTINUE,
+                               trio.current_time() + self._write_timeout)
+            await self._receive(connection)
+        if connection.started is not None:
+            connection.started = connection.body_started = None
+            connection.body_received = 0
+            connection.continued = False
+        return request
+
+    async def _receive(self, connection: _Connection) -> None:
+        """Read the next bytes into the connection's reader; `_Closed` on end of stream;
+        Cancelled past the wait's deadline or (if idle) by drain.
 
         Bytes already there are read without waiting; a wait arms the connection's scope
-        with the keep-alive deadline, and disarms it after.
+        with its deadline, and disarms it after: the keep-alive bound on silence, and for
+        a request begun, its head within `header_timeout` of its first bytes and its body
+        at `min_receive_rate` after that grace (`tcp.receive_deadline`).
         """
+        reader = connection.reader
+        idle = connection.started is None and not reader.in_progress
         if idle and self.draining:
             raise _Closed
         sock = connection.sock
@@ -206,8 +237,12 @@ class HttpServer:
                 pass
             except OSError:
                 raise _Closed from None
+            now = trio.current_time()
+            deadline = now + self._keep_alive
+            if not idle:
+                deadline = min(deadline, self._request_deadline(connection, now))
             scope = connection.scope
-            scope.deadline = trio.current_time() + self._keep_alive
+            scope.deadline = deadline
             if idle:
                 self._idle.add(connection)
             try:
@@ -216,11 +251,37 @@ class HttpServer:
                 scope.deadline = math.inf
                 if idle:
                     self._idle.discard(connection)
-            if scope.cancel_called:
-                raise _Closed  # cancelled just as bytes came: never half-serve a request
+            if scope.cancel_called:  # cancelled just as bytes came: see _serve_connection
+                await checkpoint()
         if not data:
             raise _Closed
-        buffer += data
+        if connection.body_started is not None:
+            connection.body_received += len(data)
+        reader.feed(data)
+
+    def _request_deadline(self, connection: _Connection, now: float) -> float:
+        """When the request being read is given up (the first wait sets its clocks)."""
+        if connection.started is None:
+            connection.started = now
+        if connection.reader.head is None:
+            return connection.started + self._header_timeout
+        if connection.body_started is None:
+            connection.body_started = now
+        return receive_deadline(connection.body_started, connection.body_received,
+                                self._header_timeout, self._min_receive_rate)
+
+    def _receive_nowait(self, connection: _Connection) -> bool:
+        """Feed the reader what the socket holds now; False if nothing (or the end)."""
+        try:
+            data = connection.sock.recv(RECEIVE_SIZE)
+        except OSError:  # BlockingIOError included: nothing there
+            return False
+        if not data:
+            return False
+        if connection.body_started is not None:
+            connection.body_received += len(data)
+        connection.reader.feed(data)
+        return True
 
 
 # After refusing a request whose body is still arriving: how long, and how many bytes, to

@@ -1,10 +1,11 @@
 """HTTP/1.1 on the wire, as pure functions: request heads and bodies in, response bytes out.
 
-No I/O here (the h11 split): `http_server` feeds bytes and writes what these return, and
-the WebSocket handshake parses its opening request with the same `parse_head`. Strict
-where leniency lets requests be smuggled or misread (RFC 9112): both `Content-Length` and
-`Transfer-Encoding`, conflicting lengths, folded header lines and whitespace before a
-header's colon are refused, each with the status the RFC names.
+No I/O here (the h11 split). The HTTP port's requests are framed by llhttp
+(`http_reader`), which then applies `request_head`'s rules; the WebSocket handshake parses
+its one opening request with `parse_head`. Strict where leniency lets requests be smuggled
+or misread (RFC 9112): both `Content-Length` and `Transfer-Encoding` (even an empty one),
+conflicting lengths, folded header lines and whitespace before a header's colon are
+refused, each with the status the RFC names.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ _HEAD_END = b"\r\n\r\n"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VALUE_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\r\n]*)?")
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
@@ -97,13 +97,13 @@ def parse_head(
         if _VALUE_FORBIDDEN.search(value):
             raise HttpError(400, f"control character in header {name.decode('ascii')!r}")
         headers.append((name.lower(), value))
-    head = _head(method, target, http_11, tuple(headers))
+    head = request_head(method, target, http_11, tuple(headers))
     return head, end + len(_HEAD_END)
 
 
 def _request_line(line: bytes) -> tuple[str, bytes, bool]:
     parts = line.split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
         raise HttpError(400, f"malformed request line {line[:80]!r}")
     method, target, version = parts
     if version == b"HTTP/1.1":
@@ -117,22 +117,30 @@ def _request_line(line: bytes) -> tuple[str, bytes, bool]:
     return method.decode("ascii"), target, http_11
 
 
-def _head(method: str, target: bytes, http_11: bool,
-          headers: tuple[tuple[bytes, bytes], ...]) -> RequestHead:
+def request_head(method: str, target: bytes, http_11: bool,
+                 headers: tuple[tuple[bytes, bytes], ...]) -> RequestHead:
+    """The head of a request whose request line and header lines were read as given
+    (names lower-cased, values without padding). Raises `HttpError` if it breaks a rule
+    no framing settles: the target's form, `Host`, lengths, codings."""
+    if not _TARGET.fullmatch(target):
+        raise HttpError(400, f"malformed request target {target[:80]!r}")
     grouped: dict[bytes, list[bytes]] = {}  # one pass: each name's values, in order
     for name, value in headers:
         grouped.setdefault(name, []).append(value)
     lengths = set(grouped.get(b"content-length", ()))
-    codings = [t for value in grouped.get(b"transfer-encoding", ())
-               for t in value.lower().split(b",") if t.strip()]
+    encodings = grouped.get(b"transfer-encoding")
+    codings = [t for value in encodings or () for t in value.lower().split(b",") if t.strip()]
     host = grouped.get(b"host", [])
     if http_11 and len(host) != 1:
         raise HttpError(400, "an HTTP/1.1 request carries exactly one Host header")
     content_length: int | None = None
     chunked = False
+    if encodings is not None and lengths:
+        # Even an empty Transfer-Encoding: a proxy in front may frame the body by it.
+        raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    if encodings is not None and not codings:
+        raise HttpError(400, "an empty Transfer-Encoding")
     if codings:
-        if lengths:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding")
         if [c.strip() for c in codings] != [b"chunked"]:
             raise HttpError(501, "the only transfer coding served is chunked")
         chunked = True
@@ -158,6 +166,8 @@ def _head(method: str, target: bytes, http_11: bool,
     connection = [t.strip().lower() for value in grouped.get(b"connection", ())
                   for t in value.split(b",")]
     keep_alive = b"close" not in connection if http_11 else b"keep-alive" in connection
+    # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding ends its connection.
+    keep_alive = keep_alive and (http_11 or not chunked)
     expect = [value.lower() for value in grouped.get(b"expect", ())]
     return RequestHead(
         method=method,
@@ -172,46 +182,6 @@ def _head(method: str, target: bytes, http_11: bool,
         keep_alive=keep_alive,
         expect_continue=http_11 and b"100-continue" in expect,
     )
-
-
-def parse_chunked(buffer: bytes | bytearray, start: int, limit: int) -> tuple[bytes, int] | None:
-    """The chunked body beginning at `buffer[start]`, decoded, and where it ends; None if
-    incomplete. Raises `HttpError` (413 past `limit` decoded bytes, 400 if malformed)."""
-    chunks: list[bytes] = []
-    size = 0
-    at = start
-    while True:
-        line_end = buffer.find(b"\r\n", at, at + 1024)
-        if line_end < 0:
-            if len(buffer) - at >= 1024:
-                raise HttpError(400, "malformed chunk size line")
-            return None
-        match = _CHUNK_SIZE.fullmatch(buffer, at, line_end)
-        if match is None:
-            raise HttpError(400, "malformed chunk size line")
-        length = int(match.group(1), 16)
-        at = line_end + 2
-        if length == 0:
-            break
-        size += length
-        if size > limit:
-            raise HttpError(413, f"body is over the limit of {limit} bytes")
-        if len(buffer) < at + length + 2:
-            return None
-        if buffer[at + length:at + length + 2] != b"\r\n":
-            raise HttpError(400, "chunk data not followed by CRLF")
-        chunks.append(bytes(buffer[at:at + length]))
-        at += length + 2
-    # Trailer fields (ignored) up to the empty line.
-    while True:
-        line_end = buffer.find(b"\r\n", at, at + MAX_HEAD_BYTES)
-        if line_end < 0:
-            if len(buffer) - at >= MAX_HEAD_BYTES:
-                raise HttpError(431, "chunked trailer too large")
-            return None
-        if line_end == at:
-            return b"".join(chunks), at + 2
-        at = line_end + 2
 
 
 def response_head(status: int, content_type: bytes | None, length: int,
@@ -234,10 +204,11 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 __all__ = [
     "CONTINUE",
+    "MAX_HEADERS",
     "MAX_HEAD_BYTES",
     "HttpError",
     "RequestHead",
-    "parse_chunked",
     "parse_head",
+    "request_head",
     "response_head",
 ]
