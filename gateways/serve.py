@@ -93,6 +93,9 @@ async def serve(
             _http_handler(PublishRoute(broker), app),
             max_body=max(settings.max_body_bytes, settings.max_payload_bytes),
             keep_alive=KEEP_ALIVE_SECONDS,
+            header_timeout=settings.header_timeout,
+            min_receive_rate=settings.min_receive_rate,
+            write_timeout=settings.write_timeout,
         )
         ws_listener = trio.CancelScope()
 

@@ -3,6 +3,8 @@ drain, and requests that break the protocol (each gets its status; nobody else n
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -29,8 +31,9 @@ async def start_server(
     *,
     keep_alive: float = TIMEOUT,
     max_body: int = 1000,
+    **bounds: float,
 ) -> tuple[HttpServer, int]:
-    server = HttpServer(handler, max_body=max_body, keep_alive=keep_alive)
+    server = HttpServer(handler, max_body=max_body, keep_alive=keep_alive, **bounds)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]  # the server takes the sockets over
     await nursery.start(server.serve, listeners)
@@ -258,3 +261,134 @@ async def test_http_10_closes_unless_asked_to_keep_alive(nursery: trio.Nursery) 
     head, _ = await read_response(plain, bytearray())
     assert b"connection: close" in head
     await assert_closed(plain)
+
+
+async def test_blank_lines_before_a_request_are_ignored(nursery: trio.Nursery) -> None:
+    """RFC 9112 section 2.2 (a client may send a CRLF after a POST's body)."""
+    _, port = await start_server(nursery)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    buffer = bytearray()
+    await stream.send_all(b"\r\n" + post(b"/a", b"1") + b"\r\n" + post(b"/b", b"2"))
+    for path in ("/a", "/b"):
+        head, body = await read_response(stream, buffer)
+        assert head.startswith(b"HTTP/1.1 200") and orjson.loads(body)["path"] == path
+    await stream.aclose()
+
+
+async def test_http_10_with_transfer_encoding_is_answered_then_closed(
+    nursery: trio.Nursery,
+) -> None:
+    """RFC 9112 section 6.1, even when the client asks to keep the connection."""
+    _, port = await start_server(nursery)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"POST /te HTTP/1.0\r\nConnection: keep-alive\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+    head, body = await read_response(stream, bytearray())
+    assert head.startswith(b"HTTP/1.1 200") and orjson.loads(body)["body"] == "hi"
+    assert b"connection: close" in head
+    await assert_closed(stream)
+
+
+async def test_a_head_trickled_in_is_closed_within_header_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Slowloris: each byte comes well within keep-alive, the whole head does not come
+    within header_timeout of its first byte."""
+    _, port = await start_server(nursery, keep_alive=5, header_timeout=1)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    started = trio.current_time()
+    with trio.fail_after(TIMEOUT):
+        for byte in b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100:
+            try:
+                await stream.send_all(bytes([byte]))
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.2)
+        await assert_closed(stream)
+    assert 1.0 <= trio.current_time() - started <= 1.5
+
+
+async def test_a_body_trickled_below_the_minimum_rate_is_closed_and_a_slow_one_is_not(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """After a grace of header_timeout, a body must keep arriving at min_receive_rate."""
+    _, port = await start_server(nursery, keep_alive=5, max_body=100_000, header_timeout=1,
+                                 min_receive_rate=1000)
+    trickle = await trio.open_tcp_stream("127.0.0.1", port)
+    await trickle.send_all(b"POST /t HTTP/1.1\r\nHost: t\r\nContent-Length: 50000\r\n\r\n")
+    started = trio.current_time()
+    with trio.fail_after(TIMEOUT):
+        for _ in range(1000):  # 50 bytes/s
+            try:
+                await trickle.send_all(b"a" * 10)
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.2)
+        await assert_closed(trickle)
+    assert 1.0 <= trio.current_time() - started <= 1.5
+    slow = await trio.open_tcp_stream("127.0.0.1", port)  # 2,000 bytes/s, for 25 s
+    await slow.send_all(b"POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 50000\r\n\r\n")
+    for _ in range(250):
+        await slow.send_all(b"b" * 200)
+        await trio.sleep(0.1)
+    head, body = await read_response(slow, bytearray())
+    assert head.startswith(b"HTTP/1.1 200") and len(orjson.loads(body)["body"]) == 50000
+    await slow.aclose()
+
+
+async def test_an_answer_not_read_within_write_timeout_ends_the_connection(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    big = b"x" * (16 * 1024 * 1024)
+
+    async def large(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, big, b"application/octet-stream")
+
+    _, port = await start_server(nursery, large, keep_alive=60, write_timeout=0.5)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(b"GET /large HTTP/1.1\r\nHost: t\r\n\r\n")
+    await trio.sleep(2)  # not reading, past write_timeout
+    received = 0
+    with trio.fail_after(TIMEOUT):
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not data:
+                break
+            received += len(data)
+    assert received < len(big)  # the server gave up on the answer and closed
+    await stream.aclose()
+
+
+async def test_a_request_that_arrived_while_the_loop_was_stalled_is_served(
+    nursery: trio.Nursery,
+) -> None:
+    """Issue #14 item 8: after a stall longer than keep-alive, an idle connection whose
+    next request is already there is answered, not closed."""
+    raw = socket.socket()
+    waiting = raw  # the keep-alive client, written to from inside the stall
+
+    async def stall(request: HttpRequest) -> HttpResponse:
+        if request.head.path == "/stall":
+            waiting.send(post(b"/after", b"arrived"))
+            time.sleep(0.5)  # blocks the event loop past the 0.2 s keep-alive
+        return await echo(request)
+
+    _, port = await start_server(nursery, stall, keep_alive=0.2)
+    raw.connect(("127.0.0.1", port))
+    kept = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+    buffer = bytearray()
+    await kept.send_all(post(b"/first", b""))
+    await read_response(kept, buffer)  # the server now waits for its next request
+    staller = await trio.open_tcp_stream("127.0.0.1", port)
+    await staller.send_all(post(b"/stall", b""))
+    head, body = await read_response(kept, buffer)
+    assert head.startswith(b"HTTP/1.1 200") and orjson.loads(body)["body"] == "arrived"
+    await read_response(staller, bytearray())
+    await kept.aclose()
+    await staller.aclose()
