@@ -90,13 +90,16 @@ class _Connection:
     `started` (trio time of its first bytes) and, once its head is in, `body_started`,
     `body_received` bytes ago (both set lazily: by the first wait that needs them)."""
 
-    __slots__ = ("body_received", "body_started", "continued", "reader", "scope", "sock",
-                 "started")
+    __slots__ = ("body_received", "body_started", "continued", "reader", "received", "scope",
+                 "sock", "started")
 
     def __init__(self, sock: socket.socket, reader: RequestReader) -> None:
         self.sock = sock
         self.reader = reader
         self.scope = trio.CancelScope()
+        # Bytes came since the last request was taken (maybe only blank lines, which begin
+        # no request but must not be sent forever): the connection is not idle.
+        self.received = False
         self.started: float | None = None
         self.body_started: float | None = None
         self.body_received = 0
@@ -209,6 +212,7 @@ class HttpServer:
                 await send_all(connection.sock, CONTINUE,
                                trio.current_time() + self._write_timeout)
             await self._receive(connection)
+        connection.received = False
         if connection.started is not None:
             connection.started = connection.body_started = None
             connection.body_received = 0
@@ -225,7 +229,7 @@ class HttpServer:
         at `min_receive_rate` after that grace (`tcp.receive_deadline`).
         """
         reader = connection.reader
-        idle = connection.started is None and not reader.in_progress
+        idle = not connection.received and not reader.in_progress
         if idle and self.draining:
             raise _Closed
         sock = connection.sock
@@ -255,6 +259,7 @@ class HttpServer:
                 await checkpoint()
         if not data:
             raise _Closed
+        connection.received = True
         if connection.body_started is not None:
             connection.body_received += len(data)
         reader.feed(data)
@@ -278,6 +283,7 @@ class HttpServer:
             return False
         if not data:
             return False
+        connection.received = True
         if connection.body_started is not None:
             connection.body_received += len(data)
         connection.reader.feed(data)

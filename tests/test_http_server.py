@@ -308,6 +308,26 @@ async def test_a_head_trickled_in_is_closed_within_header_timeout(
     assert 1.0 <= trio.current_time() - started <= 1.5
 
 
+async def test_blank_lines_trickled_in_are_closed_within_header_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Blank lines begin no request, but the bytes after an answer start its clock."""
+    _, port = await start_server(nursery, keep_alive=5, header_timeout=1)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(post(b"/a", b""))
+    await read_response(stream, bytearray())
+    started = trio.current_time()
+    with trio.fail_after(TIMEOUT):
+        for _ in range(200):
+            try:
+                await stream.send_all(b"\r\n")
+            except trio.BrokenResourceError:
+                break
+            await trio.sleep(0.2)
+        await assert_closed(stream)
+    assert 1.0 <= trio.current_time() - started <= 1.5
+
+
 async def test_a_body_trickled_below_the_minimum_rate_is_closed_and_a_slow_one_is_not(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
