@@ -28,6 +28,8 @@ import orjson
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable
 
+from broker import Settings
+
 from .errors import HTTP_CODES, error_body
 from .http_reader import RequestReader
 from .http_wire import CONTINUE, HttpError, RequestHead, response_head
@@ -38,10 +40,8 @@ log = logging.getLogger("gateways.http_server")
 # Bytes read per receive: a whole publish (head and body) usually arrives in one read.
 RECEIVE_SIZE = 65536
 JSON = b"application/json"
-# The time bounds' defaults, as `broker.Settings` has them (see there).
-HEADER_TIMEOUT = 10.0
-MIN_RECEIVE_RATE = 1024.0
-WRITE_TIMEOUT = 10.0
+# The time bounds' defaults are the settings' (one place says what they are).
+_DEFAULTS = Settings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +110,9 @@ class HttpServer:
     """Serve `handler` on listeners until cancelled or drained (see the module docstring)."""
 
     def __init__(self, handler: Handler, *, max_body: int, keep_alive: float,
-                 header_timeout: float = HEADER_TIMEOUT,
-                 min_receive_rate: float = MIN_RECEIVE_RATE,
-                 write_timeout: float = WRITE_TIMEOUT) -> None:
+                 header_timeout: float = _DEFAULTS.header_timeout,
+                 min_receive_rate: float = _DEFAULTS.min_receive_rate,
+                 write_timeout: float = _DEFAULTS.write_timeout) -> None:
         self._handler = handler
         self._max_body = max_body
         self._keep_alive = keep_alive
