@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateways.http_reader import RequestReader
-from gateways.http_wire import MAX_HEAD_BYTES, HttpError, RequestHead
+from gateways.http_wire import MAX_HEAD_BYTES, HttpError, RequestHead, parse_head
 
 MAX_BODY = 100_000
 CHUNKED = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -292,7 +292,7 @@ def test_valid_requests_read_as_h11_reads_them_however_split(
     assert as_h11_reads(read(data, [c for c in cuts if c < len(data)])) == read_with_h11(data)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), st.data())
 def test_a_damaged_request_is_refused_or_read_exactly_as_h11_reads_it(
     data: bytes, draw: st.DataObject
@@ -317,3 +317,12 @@ def test_a_damaged_request_is_refused_or_read_exactly_as_h11_reads_it(
         return
     # An incomplete last request is read by neither; h11 drops it at the end of stream.
     assert ours == theirs
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(last=True))
+def test_the_handshakes_parse_head_reads_a_head_as_the_reader_does(data: bytes) -> None:
+    """`http_wire.parse_head` (the WebSocket port's opening request) and llhttp agree."""
+    parsed = parse_head(data)
+    assert parsed is not None
+    assert parsed[0] == read(data)[0][0]
