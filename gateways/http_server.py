@@ -175,6 +175,8 @@ class HttpServer:
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
     ) -> None:
+        """Answer the connection's requests in order until one ends it (a refusal, an
+        answer with `connection: close`) or the server drains."""
         sock = connection.sock
         while not self.draining:
             try:
