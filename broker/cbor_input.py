@@ -1,0 +1,124 @@
+"""CBOR from untrusted clients, decoded with bounded cost: a tag allowlist and limits.
+
+cbor2 decodes some semantic tags into costly Python objects (tag 30 into a `Fraction`, tag
+4 into a `Decimal` whose rendering is quadratic in its exponent, tag 36 into a parsed MIME
+message) and resolves value sharing (tags 28/29) into a graph that renders exponentially.
+Here every tag outside `ACCEPTED_TAGS` is refused where the decoder meets it, before its
+content is used: cbor2's own decoders for the built-in tags are replaced by refusals
+(`semantic_decoders`) and unknown tags reach `tag_hook`, which refuses as well. What is
+accepted costs time linear in the payload's size in cbor2's C decoder.
+
+Sizes need no check of ours: cbor2 (checked on 6.3) allocates a string, array or map as its
+bytes arrive, never from its declared length, so a 9-byte header that announces 2**40
+bytes fails at the end of the input.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cbor2
+
+# Tags decoded: date/time (0: RFC 3339 text, 1: epoch seconds), bignums (2, 3; at most
+# `MAX_BIGNUM_BYTES` bytes) and the self-describe prefix (55799, which only marks the data
+# as CBOR). Each has a decoder whose cost is linear in its content.
+ACCEPTED_TAGS = (0, 1, 2, 3, 55799)
+# cbor2's built-in decoders (6.3: found by decoding every tag below 70,000) that we replace
+# by a refusal: decimal fractions and bigfloats (4, 5), string references (25, 256), value
+# sharing (28, 29), rationals (30), regular expressions (35), MIME (36), UUIDs (37), IP
+# addresses and networks (52, 54, 260, 261), dates (100, 1004), sets (258) and complex
+# numbers (43000). Several are costly or unbounded; the cheap ones would render to JSON
+# as Python's text for the object, which no JSON reader can read back.
+REPLACED_TAGS = (4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004, 43000)
+# A bignum's magnitude in bytes: 1024 bits. Its JSON rendering is its decimal text
+# (CPython's int-to-text is quadratic, and refused past 4,300 digits); 128 bytes are 309
+# digits, about the largest a JSON reader takes as a number (1.8e308, a double's limit).
+MAX_BIGNUM_BYTES = 128
+# Containers and tags nested in one another. 254 is what orjson writes (a payload's JSON
+# rendering must be writable), and what JSON payloads are held to (`json_input`).
+MAX_NESTING = 254
+
+
+class RefusedCBOR(ValueError):
+    """CBOR that is well formed but outside what the broker decodes; the message says why."""
+
+
+def load_cbor_item(data: bytes) -> Any:
+    """Decode exactly one CBOR item under the allowlist and limits above.
+
+    Raises `RefusedCBOR` naming the reason for a refused tag, a bignum too large or nesting
+    too deep, and another exception (cbor2's, or ValueError for trailing bytes) for data
+    that is not CBOR. Trailing bytes are an error (`cbor2.loads` ignores them, which would
+    let a payload mean one thing to CBOR and another to JSON readers).
+    """
+    stream = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(
+        stream, tag_hook=_refuse_unknown_tag, semantic_decoders=_SEMANTIC_DECODERS,
+        max_depth=MAX_NESTING,
+    )
+    try:
+        value = decoder.decode()
+    except cbor2.CBORDecodeError as exc:
+        refusal = _refusal_in(exc)
+        if refusal is not None:
+            raise refusal from None
+        if "nesting depth" in str(exc):
+            raise RefusedCBOR(f"CBOR nested deeper than {MAX_NESTING} levels") from None
+        raise
+    if stream.tell() != len(data):
+        raise ValueError(f"{len(data) - stream.tell()} bytes after the CBOR item")
+    return value
+
+
+def _refusal_in(exc: BaseException) -> RefusedCBOR | None:
+    """cbor2 wraps what a hook raises (once per enclosing tag): find ours in the chain."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < MAX_NESTING + 2:
+        if isinstance(cause, RefusedCBOR):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return None
+
+
+def _refuse_unknown_tag(tag: cbor2.CBORTag, immutable: bool = False) -> Any:
+    raise RefusedCBOR(_not_accepted(tag.tag))
+
+
+def _not_accepted(tag: int) -> str:
+    accepted = ", ".join(map(str, ACCEPTED_TAGS))
+    return f"CBOR tag {tag} is not accepted (accepted tags: {accepted})"
+
+
+def _refusal(tag: int) -> Any:
+    message = _not_accepted(tag)
+
+    def refuse(value: Any, immutable: bool = False) -> Any:
+        raise RefusedCBOR(message)
+
+    return refuse
+
+
+def _bignum(negative: bool) -> Any:
+    def decode(value: Any, immutable: bool = False) -> int:
+        if not isinstance(value, bytes):
+            raise RefusedCBOR("a CBOR bignum (tag 2/3) must hold a byte string")
+        if len(value) > MAX_BIGNUM_BYTES:
+            raise RefusedCBOR(
+                f"a CBOR bignum of {len(value)} bytes; at most {MAX_BIGNUM_BYTES} are accepted"
+            )
+        number = int.from_bytes(value, "big")
+        if immutable and number >> 64:
+            # Map keys: integers past 64 bits can be chosen to share one hash (n * (2**61
+            # - 1)), which would make building the map quadratic.
+            raise RefusedCBOR("a CBOR bignum beyond 64 bits as a map key")
+        return -1 - number if negative else number
+
+    return decode
+
+
+_SEMANTIC_DECODERS: dict[int, Any] = {tag: _refusal(tag) for tag in REPLACED_TAGS}
+_SEMANTIC_DECODERS[2] = _bignum(negative=False)
+_SEMANTIC_DECODERS[3] = _bignum(negative=True)

@@ -1,0 +1,140 @@
+"""A payload shown in the other wire format: CBOR as JSON, JSON as CBOR, text and bytes.
+
+The costly renderings are made once, at publish (`render_at_publish`), and kept on the
+message (`Message.rendering`): a CBOR payload's JSON text, bounded by `RENDERING_FACTOR`
+x `max_payload_bytes`, and the exact CBOR of a JSON payload holding integers beyond 64 bits.
+Every later use (frames for subscribers, history answers) splices those bytes in and never
+decodes the payload again. The cheap ones (a plain JSON payload as CBOR, text, bytes) are
+made when a frame first needs them, once per message (`Message.rendered`).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import orjson
+
+from .cbor_input import load_cbor_item
+
+if TYPE_CHECKING:
+    from .messages import Message
+
+# A CBOR payload's JSON rendering may be at most this many times `max_payload_bytes`
+# (4 MiB under the default 1 MiB limit), else the payload is refused at publish. Ordinary
+# CBOR renders to 1-3x its size (byte strings 1.33x plus 13 bytes, a double up to 25
+# characters for 9 bytes, `-24,` for one byte); 4x still takes a limit-sized array of
+# booleans or small negative integers, and refuses what only blows up (arrays of simple
+# values render 14x: `{"simple":19},` for one byte).
+RENDERING_FACTOR = 4
+
+
+def _json_default(value: Any) -> Any:
+    """orjson's fallback for leaf values CBOR can carry and JSON cannot: byte strings
+    become `{"base64": ...}` as the contract says, simple values `{"simple": n}`,
+    `undefined` null; tags `{"tag": n, "value": ...}`; anything else its text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, cbor2.CBORSimpleValue):
+        return {"simple": value.value}
+    if value is cbor2.undefined:
+        return None
+    if isinstance(value, cbor2.CBORTag):
+        return {"tag": value.tag, "value": value.value}
+    if isinstance(value, set | frozenset):
+        return list(value)
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    return str(value)
+
+
+# Non-string map keys (CBOR allows them) written as orjson writes them: 1 -> "1".
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def to_json(value: Any) -> bytes:
+    """JSON text of any decoded value: orjson with `_json_default` for what JSON lacks.
+
+    Only a value orjson cannot write even so (an integer beyond 64 bits, a map key that
+    is an array or a map) is walked in Python first (`jsonable`).
+    """
+    try:
+        return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTIONS)
+    except TypeError as exc:
+        if "ecursion" in str(exc):
+            raise
+        return orjson.dumps(jsonable(value), default=_json_default)
+
+
+def jsonable(value: Any) -> Any:
+    """A value orjson can write: byte strings become `{"base64": ...}`, as the contract says;
+    integers beyond 64 bits their decimal text; map keys their text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {_key_text(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, cbor2.CBORTag):
+        return {"tag": value.tag, "value": jsonable(value.value)}
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)  # beyond what orjson (and most JSON readers) take as a number
+    if value is cbor2.undefined:
+        return None
+    if isinstance(value, set | frozenset):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _key_text(key: Any) -> str:
+    """A map key's text, as orjson writes keys under OPT_NON_STR_KEYS (`to_json`'s fast
+    path), so both paths render a payload alike."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | float):
+        return orjson.dumps(key).decode()
+    return str(key)
+
+
+def cbor_as_json(data: bytes) -> bytes:
+    """The JSON rendering of CBOR `data` (decoded under `cbor_input`'s limits)."""
+    return to_json(load_cbor_item(data))
+
+
+def payload_as_json(message: Message) -> bytes:
+    """The JSON text of a message's `data` field, per the contract's passthrough rules."""
+    kind = message.kind.value
+    if kind == "json":
+        return message.data
+    if kind == "cbor":
+        rendering = message.rendering
+        return cbor_as_json(message.data) if rendering is None else rendering
+    if kind == "text":
+        return orjson.dumps(message.data.decode("utf-8"))
+    return b'{"base64":"' + base64.b64encode(message.data) + b'"}'
+
+
+def payload_as_cbor(message: Message) -> bytes:
+    """The CBOR encoding of a message's `data` field, per the contract's passthrough rules."""
+    kind = message.kind.value
+    if kind == "cbor":
+        return message.data
+    if kind == "json":
+        rendering = message.rendering
+        return cbor2.dumps(orjson.loads(message.data)) if rendering is None else rendering
+    if kind == "text":
+        return cbor2.dumps(message.data.decode("utf-8"))
+    return cbor2.dumps(message.data)
+
+
+def payload_json_fragment(message: Message) -> orjson.Fragment:
+    """The payload's JSON text for splicing into a JSON answer (history): not parsed again."""
+    return orjson.Fragment(payload_as_json(message))
+
+
+def payload_value(message: Message) -> Any:
+    """The payload as a Python value (parses its JSON rendering; listings splice
+    `payload_json_fragment` instead)."""
+    return orjson.loads(payload_as_json(message))
