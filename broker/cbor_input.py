@@ -16,13 +16,15 @@ bytes fails at the end of the input.
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from typing import Any
 
 import cbor2
 
 # Tags decoded: date/time (0: RFC 3339 text, 1: epoch seconds), bignums (2, 3; at most
 # `MAX_BIGNUM_BYTES` bytes) and the self-describe prefix (55799, which only marks the data
-# as CBOR). Each has a decoder whose cost is linear in its content.
+# as CBOR). Each has a decoder of ours (55799: cbor2's, which returns the content) whose
+# cost is linear in its content.
 ACCEPTED_TAGS = (0, 1, 2, 3, 55799)
 # cbor2's built-in decoders (6.3: found by decoding every tag below 70,000) that we replace
 # by a refusal: decimal fractions and bigfloats (4, 5), string references (25, 256), value
@@ -35,6 +37,11 @@ REPLACED_TAGS = (4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 2
 # (CPython's int-to-text is quadratic, and refused past 4,300 digits); 128 bytes are 309
 # digits, about the largest a JSON reader takes as a number (1.8e308, a double's limit).
 MAX_BIGNUM_BYTES = 128
+# Values in one payload that take a Python call to decode or to render as JSON (byte
+# strings, bignums, dates, simple values, undefined): each costs ~0.6 us where the rest
+# of a payload costs ~0.03 us a value in C, so a 1 MiB payload of them alone would hold the
+# event loop ~0.6 s. 32,768 of them cost ~20 ms to decode and as much to render.
+MAX_CONVERTED_VALUES = 32_768
 # Containers and tags nested in one another. 254 is what orjson writes (a payload's JSON
 # rendering must be writable), and what JSON payloads are held to (`json_input`).
 MAX_NESTING = 254
@@ -44,15 +51,58 @@ class RefusedCBOR(ValueError):
     """CBOR that is well formed but outside what the broker decodes; the message says why."""
 
 
+class BigInteger:
+    """A bignum beyond 64 bits, as decoded: orjson cannot write such an int, and would
+    refuse the whole value; this one reaches its `default` instead (rendered as the
+    number's decimal text), so rendering never has to walk the value in Python. Encode
+    values holding one with `cbor2.dumps(..., default=encode_big_integer)`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BigInteger) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __repr__(self) -> str:
+        return f"BigInteger({self.value})"
+
+
+def encode_big_integer(encoder: cbor2.CBOREncoder, value: Any) -> None:
+    """cbor2's `default` for `BigInteger` (a bignum again)."""
+    if not isinstance(value, BigInteger):
+        raise cbor2.CBOREncodeTypeError(f"cannot encode {type(value).__name__}")
+    encoder.encode(value.value)
+
+
+# Values converted by our tag decoders in the `load_cbor_item` call under way (decoding is
+# synchronous and our decoders never decode, so one count serves every call).
+_converted = [0]
+
+
+def _count_conversion() -> None:
+    _converted[0] += 1
+    if _converted[0] > MAX_CONVERTED_VALUES:
+        raise RefusedCBOR(
+            f"more than {MAX_CONVERTED_VALUES} tagged values (bignums, dates) in one item"
+        )
+
+
 def load_cbor_item(data: bytes) -> Any:
     """Decode exactly one CBOR item under the allowlist and limits above.
 
     Raises `RefusedCBOR` naming the reason for a refused tag, a bignum too large or nesting
     too deep, and another exception (cbor2's, or ValueError for trailing bytes) for data
-    that is not CBOR. Trailing bytes are an error (`cbor2.loads` ignores them, which would
-    let a payload mean one thing to CBOR and another to JSON readers).
+    that is not valid CBOR (a tag whose content is of the wrong type, a bad date).
+    Trailing bytes are an error (`cbor2.loads` ignores them, which would let a payload mean
+    one thing to CBOR and another to JSON readers).
     """
     stream = io.BytesIO(data)
+    _converted[0] = 0
     decoder = cbor2.CBORDecoder(
         stream, tag_hook=_refuse_unknown_tag, semantic_decoders=_SEMANTIC_DECODERS,
         max_depth=MAX_NESTING,
@@ -101,10 +151,33 @@ def _refusal(tag: int) -> Any:
     return refuse
 
 
+def _date_time_text(value: Any, immutable: bool = False) -> datetime:
+    """Tag 0: an RFC 3339 date/time (read by `datetime.fromisoformat`, linear)."""
+    _count_conversion()
+    if not isinstance(value, str):
+        raise ValueError("a CBOR date/time (tag 0) must hold a text string")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("a CBOR date/time (tag 0) that is not RFC 3339") from None
+
+
+def _epoch_date_time(value: Any, immutable: bool = False) -> datetime:
+    """Tag 1: seconds since 1970 (UTC)."""
+    _count_conversion()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("a CBOR epoch date/time (tag 1) must hold a number")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("a CBOR epoch date/time (tag 1) out of range") from None
+
+
 def _bignum(negative: bool) -> Any:
-    def decode(value: Any, immutable: bool = False) -> int:
+    def decode(value: Any, immutable: bool = False) -> int | BigInteger:
+        _count_conversion()
         if not isinstance(value, bytes):
-            raise RefusedCBOR("a CBOR bignum (tag 2/3) must hold a byte string")
+            raise ValueError("a CBOR bignum (tag 2/3) must hold a byte string")
         if len(value) > MAX_BIGNUM_BYTES:
             raise RefusedCBOR(
                 f"a CBOR bignum of {len(value)} bytes; at most {MAX_BIGNUM_BYTES} are accepted"
@@ -114,7 +187,9 @@ def _bignum(negative: bool) -> Any:
             # Map keys: integers past 64 bits can be chosen to share one hash (n * (2**61
             # - 1)), which would make building the map quadratic.
             raise RefusedCBOR("a CBOR bignum beyond 64 bits as a map key")
-        return -1 - number if negative else number
+        if negative:
+            number = -1 - number
+        return number if -(1 << 63) <= number < (1 << 64) else BigInteger(number)
 
     return decode
 
@@ -122,3 +197,5 @@ def _bignum(negative: bool) -> Any:
 _SEMANTIC_DECODERS: dict[int, Any] = {tag: _refusal(tag) for tag in REPLACED_TAGS}
 _SEMANTIC_DECODERS[2] = _bignum(negative=False)
 _SEMANTIC_DECODERS[3] = _bignum(negative=True)
+_SEMANTIC_DECODERS[0] = _date_time_text
+_SEMANTIC_DECODERS[1] = _epoch_date_time

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import orjson
 
-from .cbor_input import RefusedCBOR, load_cbor_item
+from .cbor_input import RefusedCBOR, encode_big_integer, load_cbor_item
 from .errors import (
     BrokerError,
     InvalidFrame,
@@ -175,9 +175,10 @@ def _cbor_as_json(value: Any, what: str) -> bytes:
     """The JSON rendering of a CBOR value, or `InvalidPayload` if it has none: checked at
     publish, so rendering for subscribers later cannot fail."""
     try:
-        return to_json(value)
+        return to_json(value, counted=True)
     except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
-        raise InvalidPayload(f"{what} cannot be shown as JSON: {exc}") from None
+        refusal = exc.__cause__ if isinstance(exc.__cause__, RefusedCBOR) else exc
+        raise InvalidPayload(f"{what} cannot be shown as JSON: {refusal}") from None
 
 
 def _load_cbor(data: bytes, what: str) -> Any:
@@ -240,7 +241,7 @@ def encode_object(fmt: WireFormat, obj: dict[str, Any]) -> bytes:
     """Encode a reply (`ok`, `error`, ...) for a connection's wire format."""
     if fmt is WireFormat.JSON:
         return to_json(obj)
-    return cbor2.dumps(obj)
+    return cbor2.dumps(obj, default=encode_big_integer)
 
 
 def encode_ok(fmt: WireFormat, request_id: Any, **fields: Any) -> bytes:
@@ -369,7 +370,8 @@ def _request_from_object(
         rendering: bytes | None = None
         try:
             if fmt is WireFormat.CBOR:
-                data, kind = cbor2.dumps(obj["data"]), PayloadKind.CBOR
+                data = cbor2.dumps(obj["data"], default=encode_big_integer)
+                kind = PayloadKind.CBOR
                 content_type = "application/cbor"
             elif may_hold_big_integers(frame):  # orjson read them as floats: read again
                 data, rendering = _exact_json_data(frame)
@@ -481,4 +483,4 @@ def _json_entry(value: Any) -> tuple[bytes, bool]:
 
 def _cbor_entry(value: Any) -> tuple[bytes, bool]:
     """A bulk entry's CBOR; its JSON rendering is always made at publish (False)."""
-    return cbor2.dumps(value), False
+    return cbor2.dumps(value, default=encode_big_integer), False

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import orjson
 
-from .cbor_input import load_cbor_item
+from .cbor_input import MAX_CONVERTED_VALUES, BigInteger, RefusedCBOR, load_cbor_item
 
 if TYPE_CHECKING:
     from .messages import Message
@@ -37,6 +37,8 @@ def _json_default(value: Any) -> Any:
     `undefined` null; tags `{"tag": n, "value": ...}`; anything else its text."""
     if isinstance(value, bytes | bytearray | memoryview):
         return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, BigInteger):
+        return str(value.value)  # beyond what orjson (and most JSON readers) take as a number
     if isinstance(value, cbor2.CBORSimpleValue):
         return {"simple": value.value}
     if value is cbor2.undefined:
@@ -50,16 +52,40 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+class _CountedDefault:
+    """`_json_default` that refuses past `MAX_CONVERTED_VALUES` calls: a payload's JSON
+    rendering costs at most that many Python calls (see `cbor_input`)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, value: Any) -> Any:
+        self.calls += 1
+        if self.calls > MAX_CONVERTED_VALUES:
+            raise RefusedCBOR(
+                f"more than {MAX_CONVERTED_VALUES} values to convert for JSON"
+                " (byte strings, simple values, undefined)"
+            )
+        return _json_default(value)
+
+
 # Non-string map keys (CBOR allows them) written as orjson writes them: 1 -> "1".
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
-def to_json(value: Any) -> bytes:
+def to_json(value: Any, counted: bool = False) -> bytes:
     """JSON text of any decoded value: orjson with `_json_default` for what JSON lacks.
 
-    Only a value orjson cannot write even so (an integer beyond 64 bits, a map key that
-    is an array or a map) is walked in Python first (`jsonable`).
+    `counted`: a payload's rendering (from `cbor_input`, bignums as `BigInteger`), refused
+    (`RefusedCBOR`) past `MAX_CONVERTED_VALUES` conversions, and never walked in Python:
+    what orjson cannot write even so (a CBOR integer below -2**63 that is not a bignum, a
+    map key that is a byte string, an array or a map) raises TypeError. Otherwise (replies
+    to clients) such a value is walked in Python first (`jsonable`).
     """
+    if counted:
+        return orjson.dumps(value, default=_CountedDefault(), option=_ORJSON_OPTIONS)
     try:
         return orjson.dumps(value, default=_json_default, option=_ORJSON_OPTIONS)
     except TypeError as exc:
@@ -79,6 +105,8 @@ def jsonable(value: Any) -> Any:
         return [jsonable(v) for v in value]
     if isinstance(value, cbor2.CBORTag):
         return {"tag": value.tag, "value": jsonable(value.value)}
+    if isinstance(value, BigInteger):
+        return str(value.value)
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
         return str(value)  # beyond what orjson (and most JSON readers) take as a number
     if value is cbor2.undefined:
@@ -100,7 +128,7 @@ def _key_text(key: Any) -> str:
 
 def cbor_as_json(data: bytes) -> bytes:
     """The JSON rendering of CBOR `data` (decoded under `cbor_input`'s limits)."""
-    return to_json(load_cbor_item(data))
+    return to_json(load_cbor_item(data), counted=True)
 
 
 def payload_as_json(message: Message) -> bytes:
