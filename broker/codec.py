@@ -25,6 +25,7 @@ from .errors import (
     UnknownOperation,
 )
 from .json_input import (
+    SHALLOW_BYTES,
     RefusedJSON,
     check_nesting,
     dump_json,
@@ -118,9 +119,10 @@ def check_payload(data: bytes, content_type: str | None, max_bytes: int) -> Payl
 def checked_payload(
     data: bytes, content_type: str | None, max_bytes: int
 ) -> tuple[PayloadKind, bytes | None]:
-    """Validate a payload for its content type: its kind, and its rendering made now (a
-    CBOR payload's JSON, a JSON payload's exact CBOR when it holds integers beyond 64 bits;
-    else None, see `rendering`). Raises a BrokerError naming what is wrong.
+    """Validate a payload for its content type: its kind, and the rendering made now (a
+    CBOR payload's JSON, bounded, see `rendering`; else None: the payload's other renderings
+    are cheap and made when a frame first needs one). Raises a BrokerError naming what is
+    wrong.
 
     JSON and CBOR payloads must parse (CBOR under `cbor_input`'s tag allowlist and limits,
     JSON at most `MAX_NESTING` deep) and text must be UTF-8, so that every subscriber,
@@ -134,7 +136,12 @@ def checked_payload(
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise InvalidPayload(f"body is not valid JSON: {exc}") from exc
-        return kind, _json_rendering(data, value, "body")
+        if len(data) > SHALLOW_BYTES:  # shorter cannot be too deep (inline: per publish)
+            try:
+                check_nesting(data, value)
+            except RefusedJSON as exc:
+                raise InvalidPayload(f"body is refused: {exc}") from None
+        return kind, None
     if kind is PayloadKind.CBOR:
         return kind, _bounded_json(_load_cbor(data, "body"), "body", max_bytes)
     if kind is PayloadKind.TEXT:
@@ -143,19 +150,6 @@ def checked_payload(
         except UnicodeDecodeError as exc:
             raise InvalidPayload(f"text body is not valid UTF-8: {exc}") from exc
     return kind, None
-
-
-def _json_rendering(text: bytes | str, value: Any, what: str) -> bytes | None:
-    """Check JSON `value` (parsed from `text` by orjson) for nesting; returns its exact CBOR
-    when it holds integers orjson read as floats, else None (rendered later, cheaply)."""
-    try:
-        check_nesting(text, value)
-        if not may_hold_big_integers(text):
-            return None
-        exact, big = load_exact(text)
-    except RefusedJSON as exc:
-        raise InvalidPayload(f"{what} is refused: {exc}") from None
-    return cbor2.dumps(exact) if big else None
 
 
 def _bounded_json(value: Any, what: str, max_bytes: int) -> bytes:
@@ -374,7 +368,7 @@ def _request_from_object(
                 kind = PayloadKind.CBOR
                 content_type = "application/cbor"
             elif may_hold_big_integers(frame):  # orjson read them as floats: read again
-                data, rendering = _exact_json_data(frame)
+                data = dump_json(load_exact(frame)["data"])
                 kind, content_type = PayloadKind.JSON, "application/json"
             else:
                 data, kind = orjson.dumps(obj["data"]), PayloadKind.JSON
@@ -394,17 +388,6 @@ def _request_from_object(
     if not isinstance(op, str):
         raise InvalidFrame('a frame needs a string "op" field')
     raise UnknownOperation(f"unknown op {op!r}")
-
-
-def _exact_json_data(frame: bytes | str) -> tuple[bytes, bytes | None]:
-    """A JSON publish frame's `data`, read with exact integers: its JSON, and its CBOR when
-    it holds integers beyond 64 bits (else None: rendered later from orjson's parse)."""
-    try:
-        exact, _ = load_exact(frame)
-    except RefusedJSON as exc:
-        raise InvalidPayload(f'"data" is refused: {exc}') from None
-    data, plain = _json_entry(exact["data"])
-    return data, None if plain else cbor2.dumps(exact["data"])
 
 
 def _required(obj: dict[Any, Any], key: str) -> Any:
@@ -440,9 +423,9 @@ def decode_batch(
     if len(entries) > MAX_BATCH_MESSAGES:
         raise PayloadTooLarge(f"a bulk request carries at most {MAX_BATCH_MESSAGES} messages")
     if body_kind is PayloadKind.JSON:
-        encode, content_type = _json_entry, "application/json"
+        encode, content_type = dump_json, "application/json"
     else:
-        encode, content_type = _cbor_entry, "application/cbor"
+        encode, content_type = _encode_cbor, "application/cbor"
     batch = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "data" not in entry:
@@ -452,35 +435,20 @@ def decode_batch(
         except InvalidTopic as exc:
             raise InvalidTopic(f"messages[{index}]: {exc.message}") from exc
         try:
-            data, exact = encode(entry["data"])
+            data = encode(entry["data"])
         except Exception as exc:
             raise InvalidPayload(f"messages[{index}].data cannot be encoded: {exc}") from exc
         if len(data) > max_payload_bytes:
             raise PayloadTooLarge(
                 f"messages[{index}] is {len(data)} bytes; the limit is {max_payload_bytes}"
             )
-        if exact:
-            rendering = None
-        elif body_kind is PayloadKind.JSON:  # integers past 64 bits: exact CBOR now
-            rendering = cbor2.dumps(entry["data"])
-        else:
+        rendering = None
+        if body_kind is PayloadKind.CBOR:
             rendering = _bounded_json(entry["data"], f"messages[{index}].data",
                                       max_payload_bytes)
         batch.append((topic, Payload(data, content_type, body_kind, rendering)))
     return batch
 
 
-def _json_entry(value: Any) -> tuple[bytes, bool]:
-    """A bulk entry's JSON, and True when its CBOR can be made later from orjson's parse
-    (no integer beyond 64 bits, which orjson refuses to write)."""
-    try:
-        return orjson.dumps(value), True
-    except orjson.JSONEncodeError as exc:
-        if "64-bit" not in str(exc):
-            raise
-    return dump_json(value), False
-
-
-def _cbor_entry(value: Any) -> tuple[bytes, bool]:
-    """A bulk entry's CBOR; its JSON rendering is always made at publish (False)."""
-    return cbor2.dumps(value, default=encode_big_integer), False
+def _encode_cbor(value: Any) -> bytes:
+    return cbor2.dumps(value, default=encode_big_integer)

@@ -93,8 +93,8 @@ class Payload:
     data: bytes
     content_type: str
     kind: PayloadKind
-    # The payload in the other format, made at publish when it is costly or needs the
-    # exact parse (`codec.checked_payload`); None: made when a frame first needs it.
+    # The payload in the other format when made at publish (a CBOR payload's JSON,
+    # `codec.checked_payload`); None: made when a frame first needs it.
     rendering: bytes | None = None
 
 

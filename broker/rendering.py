@@ -1,11 +1,11 @@
 """A payload shown in the other wire format: CBOR as JSON, JSON as CBOR, text and bytes.
 
-The costly renderings are made once, at publish (`render_at_publish`), and kept on the
-message (`Message.rendering`): a CBOR payload's JSON text, bounded by `RENDERING_FACTOR`
-x `max_payload_bytes`, and the exact CBOR of a JSON payload holding integers beyond 64 bits.
-Every later use (frames for subscribers, history answers) splices those bytes in and never
-decodes the payload again. The cheap ones (a plain JSON payload as CBOR, text, bytes) are
-made when a frame first needs them, once per message (`Message.rendered`).
+The costly one is made once, at publish (`codec.checked_payload`), and kept on the message
+(`Message.rendering`): a CBOR payload's JSON text, bounded by `RENDERING_FACTOR` x
+`max_payload_bytes`. Every later use (frames for subscribers, history answers) splices
+those bytes in and never decodes the payload again. The others (a JSON payload as CBOR,
+integers exact; text; bytes) cost time linear in the payload and are made when a frame
+first needs them, once per message (`Message.rendered`, counted in `history_bytes`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import cbor2
 import orjson
 
 from .cbor_input import MAX_CONVERTED_VALUES, BigInteger, RefusedCBOR, load_cbor_item
+from .json_input import load_exact
 
 if TYPE_CHECKING:
     from .messages import Message
@@ -150,8 +151,7 @@ def payload_as_cbor(message: Message) -> bytes:
     if kind == "cbor":
         return message.data
     if kind == "json":
-        rendering = message.rendering
-        return cbor2.dumps(orjson.loads(message.data)) if rendering is None else rendering
+        return cbor2.dumps(load_exact(message.data))  # integers beyond 64 bits stay exact
     if kind == "text":
         return cbor2.dumps(message.data.decode("utf-8"))
     return cbor2.dumps(message.data)
