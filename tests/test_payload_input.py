@@ -205,6 +205,13 @@ def test_values_needing_python_to_render_are_limited_per_payload() -> None:
     too_many = array_head(MAX_CONVERTED_VALUES + 1) + b"\x40" * (MAX_CONVERTED_VALUES + 1)
     with pytest.raises(InvalidPayload, match=f"more than {MAX_CONVERTED_VALUES}"):
         check_payload(too_many, CBOR, LIMIT)
+    simple = array_head(MAX_CONVERTED_VALUES) + b"\xf8\xff" * MAX_CONVERTED_VALUES
+    assert check_payload(simple, CBOR, LIMIT) is PayloadKind.CBOR
+    with pytest.raises(InvalidPayload, match=f"more than {MAX_CONVERTED_VALUES} simple values"):
+        check_payload(array_head(1 << 20) + b"\xe0" * (1 << 20), CBOR, 2 << 20)
+    # Those bytes inside other items (here, the argument of uint8 224) are not simple values.
+    lookalikes = array_head(MAX_CONVERTED_VALUES * 2) + b"\x18\xe0" * MAX_CONVERTED_VALUES * 2
+    assert check_payload(lookalikes, CBOR, LIMIT) is PayloadKind.CBOR
     bignums = array_head(MAX_CONVERTED_VALUES + 1) + b"\xc2\x40" * (MAX_CONVERTED_VALUES + 1)
     with pytest.raises(InvalidPayload, match=f"more than {MAX_CONVERTED_VALUES}"):
         check_payload(bignums, CBOR, LIMIT)
