@@ -42,7 +42,6 @@ from .rendering import (
     payload_as_cbor,
     payload_as_json,
     payload_json_fragment,
-    payload_value,
     to_json,
 )
 from .subjects import validate_pattern, validate_topic
@@ -67,7 +66,6 @@ __all__ = [  # what other modules take from here, re-exported from the split-off
     "payload_as_cbor",
     "payload_as_json",
     "payload_json_fragment",
-    "payload_value",
     "to_json",
 ]
 

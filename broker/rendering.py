@@ -160,9 +160,3 @@ def payload_as_cbor(message: Message) -> bytes:
 def payload_json_fragment(message: Message) -> orjson.Fragment:
     """The payload's JSON text for splicing into a JSON answer (history): not parsed again."""
     return orjson.Fragment(payload_as_json(message))
-
-
-def payload_value(message: Message) -> Any:
-    """The payload as a Python value (parses its JSON rendering; listings splice
-    `payload_json_fragment` instead)."""
-    return orjson.loads(payload_as_json(message))
