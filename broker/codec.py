@@ -8,16 +8,14 @@ does not decode and re-encode.
 
 from __future__ import annotations
 
-import base64
 import enum
-import io
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cbor2
 import orjson
 
+from .cbor_input import RefusedCBOR, encode_big_integer, load_cbor_item
 from .errors import (
     BrokerError,
     InvalidFrame,
@@ -26,10 +24,50 @@ from .errors import (
     PayloadTooLarge,
     UnknownOperation,
 )
+from .json_input import (
+    _DIGIT_RUN,
+    _DIGITS,
+    SHALLOW_BYTES,
+    RefusedJSON,
+    check_nesting,
+    dump_json,
+    load_exact,
+    load_json,
+    may_hold_big_integers,
+)
+from .rendering import (
+    RENDERING_FACTOR,
+    _json_default,
+    jsonable,
+    payload_as_cbor,
+    payload_as_json,
+    payload_json_fragment,
+    to_json,
+)
 from .subjects import validate_pattern, validate_topic
 
 if TYPE_CHECKING:
     from .messages import Message
+
+__all__ = [  # what other modules take from here, re-exported from the split-off modules too
+    "RENDERING_FACTOR",
+    "PayloadKind",
+    "WireFormat",
+    "_json_default",
+    "check_payload",
+    "checked_payload",
+    "decode_batch",
+    "decode_request",
+    "encode_message_cbor",
+    "encode_message_json",
+    "jsonable",
+    "load_bulk_body",
+    "load_cbor_item",
+    "payload_as_cbor",
+    "payload_as_json",
+    "payload_json_fragment",
+    "to_json",
+]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
@@ -73,9 +111,21 @@ def payload_kind(content_type: str | None) -> PayloadKind:
 
 
 def check_payload(data: bytes, content_type: str | None, max_bytes: int) -> PayloadKind:
-    """Validate a payload for its content type; returns its kind or raises a BrokerError.
+    """Validate a payload for its content type; returns its kind or raises a BrokerError
+    (see `checked_payload`)."""
+    return checked_payload(data, content_type, max_bytes)[0]
 
-    JSON and CBOR payloads must parse and text must be UTF-8, so that every subscriber,
+
+def checked_payload(
+    data: bytes, content_type: str | None, max_bytes: int
+) -> tuple[PayloadKind, bytes | None]:
+    """Validate a payload for its content type: its kind, and the rendering made now (a
+    CBOR payload's JSON, bounded, see `rendering`; else None: the payload's other renderings
+    are cheap and made when a frame first needs one). Raises a BrokerError naming what is
+    wrong.
+
+    JSON and CBOR payloads must parse (CBOR under `cbor_input`'s tag allowlist and limits,
+    JSON at most `MAX_NESTING` deep) and text must be UTF-8, so that every subscriber,
     whatever its wire format, can be sent a faithful rendering.
     """
     if len(data) > max_bytes:
@@ -83,118 +133,68 @@ def check_payload(data: bytes, content_type: str | None, max_bytes: int) -> Payl
     kind = payload_kind(content_type)
     if kind is PayloadKind.JSON:
         try:
-            orjson.loads(data)
+            value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise InvalidPayload(f"body is not valid JSON: {exc}") from exc
-    elif kind is PayloadKind.CBOR:
-        _cbor_as_json(_load_cbor(data, "body"), "body")
-    elif kind is PayloadKind.TEXT:
+        if len(data) > SHALLOW_BYTES:  # shorter cannot be too deep (inline: per publish)
+            try:
+                check_nesting(data, value)
+            except RefusedJSON as exc:
+                raise InvalidPayload(f"body is refused: {exc}") from None
+        return kind, None
+    if kind is PayloadKind.CBOR:
+        return kind, _bounded_json(_load_cbor(data, "body"), "body", max_bytes)
+    if kind is PayloadKind.TEXT:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidPayload(f"text body is not valid UTF-8: {exc}") from exc
-    return kind
+    return kind, None
 
 
-def load_cbor_item(data: bytes) -> Any:
-    """Decode exactly one CBOR item; trailing bytes are an error (`cbor2.loads` ignores
-    them, which would let a payload mean one thing to CBOR and another to JSON readers)."""
-    stream = io.BytesIO(data)
-    value = cbor2.CBORDecoder(stream).decode()
-    if stream.tell() != len(data):
-        raise ValueError(f"{len(data) - stream.tell()} bytes after the CBOR item")
-    return value
+def _bounded_json(value: Any, what: str, max_bytes: int) -> bytes:
+    """The JSON rendering of a decoded CBOR value, refused past `RENDERING_FACTOR` x
+    `max_bytes` (so memory per message is bounded, and counted in `history_bytes`)."""
+    rendering = _cbor_as_json(value, what)
+    limit = RENDERING_FACTOR * max_bytes
+    if len(rendering) > limit:
+        raise InvalidPayload(
+            f"{what} renders to {len(rendering)} bytes of JSON; at most {RENDERING_FACTOR}"
+            f" x max_payload_bytes ({limit}) are accepted"
+        )
+    return rendering
 
 
 def _cbor_as_json(value: Any, what: str) -> bytes:
-    """The JSON rendering of a CBOR value, or `InvalidPayload` if it has none (e.g. the
-    cyclic structures CBOR's shared-reference tags can build): checked at publish, so
-    rendering for subscribers later cannot fail."""
+    """The JSON rendering of a CBOR value, or `InvalidPayload` if it has none: checked at
+    publish, so rendering for subscribers later cannot fail."""
     try:
-        return to_json(value)
+        return to_json(value, counted=True)
     except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError) as exc:
-        raise InvalidPayload(f"{what} cannot be shown as JSON: {type(exc).__name__}") from None
+        refusal = exc.__cause__ if isinstance(exc.__cause__, RefusedCBOR) else exc
+        raise InvalidPayload(f"{what} cannot be shown as JSON: {refusal}") from None
 
 
 def _load_cbor(data: bytes, what: str) -> Any:
     try:
         return load_cbor_item(data)
+    except RefusedCBOR as exc:
+        raise InvalidPayload(f"{what} is refused: {exc}") from None
     except Exception as exc:  # cbor2 raises several unrelated types for bad input
         raise InvalidPayload(f"{what} is not valid CBOR: {exc}") from exc
 
 
-# ---- JSON views of arbitrary values ----------------------------------------------------
-
-
-def _json_default(value: Any) -> Any:
-    """orjson's fallback for leaf values CBOR can carry and JSON cannot: simple values
-    become `{"simple": n}`; decimals, fractions, IP addresses, regexes etc. their text."""
-    if isinstance(value, cbor2.CBORSimpleValue):
-        return {"simple": value.value}
-    if isinstance(value, re.Pattern):
-        return value.pattern
-    return str(value)
-
-
-def to_json(value: Any) -> bytes:
-    """JSON text of any decoded value (see `jsonable` and `_json_default`).
-
-    Plain JSON values (all that a JSON connection ever sends) are written as they are:
-    orjson raises TypeError on everything `jsonable` would change (byte strings, tags,
-    sets, non-string keys, integers beyond 64 bits), and only then is the value walked.
-    """
+def load_bulk_body(body: bytes, kind: PayloadKind) -> Any:
+    """The document of a bulk publish body (JSON with exact integers, or CBOR under the
+    allowlist), or `InvalidPayload` naming why not."""
+    if kind is PayloadKind.CBOR:
+        return _load_cbor(body, "body")
     try:
-        return orjson.dumps(value)
-    except TypeError:
-        return orjson.dumps(jsonable(value), default=_json_default)
-
-
-def jsonable(value: Any) -> Any:
-    """A value orjson can write: byte strings become `{"base64": ...}`, as the contract says."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, cbor2.CBORTag):
-        return {"tag": value.tag, "value": jsonable(value.value)}
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        return str(value)  # beyond what orjson (and most JSON readers) take as a number
-    if value is cbor2.undefined:
-        return None
-    if isinstance(value, set | frozenset):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def payload_as_json(message: Message) -> bytes:
-    """The JSON text of a message's `data` field, per the contract's passthrough rules."""
-    kind = message.kind
-    if kind is PayloadKind.JSON:
-        return message.data
-    if kind is PayloadKind.TEXT:
-        return orjson.dumps(message.data.decode("utf-8"))
-    if kind is PayloadKind.CBOR:
-        return to_json(cbor2.loads(message.data))
-    return b'{"base64":"' + base64.b64encode(message.data) + b'"}'
-
-
-def payload_as_cbor(message: Message) -> bytes:
-    """The CBOR encoding of a message's `data` field, per the contract's passthrough rules."""
-    kind = message.kind
-    if kind is PayloadKind.CBOR:
-        return message.data
-    if kind is PayloadKind.JSON:
-        return cbor2.dumps(orjson.loads(message.data))
-    if kind is PayloadKind.TEXT:
-        return cbor2.dumps(message.data.decode("utf-8"))
-    return cbor2.dumps(message.data)
-
-
-def payload_value(message: Message) -> Any:
-    """The payload as a Python value (for JSON listings such as history replies)."""
-    return orjson.loads(payload_as_json(message))
+        return load_json(body)
+    except RefusedJSON as exc:
+        raise InvalidPayload(f"body is refused: {exc}") from None
+    except Exception as exc:
+        raise InvalidPayload(f"body is not valid JSON: {exc}") from exc
 
 
 def encode_message_json(message: Message) -> bytes:
@@ -235,7 +235,7 @@ def encode_object(fmt: WireFormat, obj: dict[str, Any]) -> bytes:
     """Encode a reply (`ok`, `error`, ...) for a connection's wire format."""
     if fmt is WireFormat.JSON:
         return to_json(obj)
-    return cbor2.dumps(obj)
+    return cbor2.dumps(obj, default=encode_big_integer)
 
 
 def encode_ok(fmt: WireFormat, request_id: Any, **fields: Any) -> bytes:
@@ -277,6 +277,7 @@ class PublishRequest:
     content_type: str
     kind: PayloadKind
     id: Any
+    rendering: bytes | None = None  # made at publish, see `messages.Payload`
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +312,8 @@ def decode_request(fmt: WireFormat, frame: bytes | str, max_payload_bytes: int) 
     """Decode one client frame into a request object, or raise `RequestRejected`."""
     try:
         obj = orjson.loads(frame) if fmt is WireFormat.JSON else load_cbor_item(frame)
+    except RefusedCBOR as exc:
+        raise RequestRejected(InvalidPayload(f"frame is refused: {exc}")) from None
     except Exception as exc:
         raise RequestRejected(InvalidFrame(f"frame is not valid {fmt.name}: {exc}")) from exc
     if not isinstance(obj, dict):
@@ -325,7 +328,7 @@ def decode_request(fmt: WireFormat, frame: bytes | str, max_payload_bytes: int) 
                 InvalidFrame(f"the id cannot be echoed back: {exc}")
             ) from None
     try:
-        return _request_from_object(fmt, obj, request_id, max_payload_bytes)
+        return _request_from_object(fmt, obj, request_id, max_payload_bytes, frame)
     except BrokerError as exc:
         raise RequestRejected(exc, request_id) from exc
 
@@ -341,7 +344,11 @@ def _plainly_echoable(request_id: Any) -> bool:
 
 
 def _request_from_object(
-    fmt: WireFormat, obj: dict[Any, Any], request_id: Any, max_payload_bytes: int
+    fmt: WireFormat,
+    obj: dict[Any, Any],
+    request_id: Any,
+    max_payload_bytes: int,
+    frame: bytes | str,
 ) -> ClientRequest:
     op = obj.get("op")
     if op == "subscribe":
@@ -354,22 +361,33 @@ def _request_from_object(
         topic = validate_topic(_required(obj, "topic"))
         if "data" not in obj:
             raise InvalidFrame('"publish" needs a "data" field')
+        value = obj["data"]
         try:
             if fmt is WireFormat.JSON:
-                data, kind = orjson.dumps(obj["data"]), PayloadKind.JSON
-                content_type = "application/json"
-            else:
-                data, kind = cbor2.dumps(obj["data"]), PayloadKind.CBOR
-                content_type = "application/cbor"
-                _cbor_as_json(obj["data"], '"data"')
+                # orjson read integers past 64 bits as floats: such a frame is read again.
+                # Inline (the check is ~0.2 us, on every WebSocket publish: `ws-publish`).
+                if (_DIGIT_RUN in frame.translate(_DIGITS) if type(frame) is bytes
+                        else may_hold_big_integers(frame)):
+                    data = dump_json(load_exact(frame)["data"])
+                else:
+                    data = orjson.dumps(value)
+                if len(data) > max_payload_bytes:
+                    raise PayloadTooLarge(
+                        f"payload is {len(data)} bytes; the limit is {max_payload_bytes}"
+                    )
+                return PublishRequest(topic, data, "application/json", PayloadKind.JSON,
+                                      request_id)
+            data = cbor2.dumps(value, default=encode_big_integer)
         except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError,
                 cbor2.CBOREncodeError) as exc:
-            raise InvalidPayload(f'"data" cannot be encoded: {type(exc).__name__}') from None
+            raise InvalidPayload(f'"data" cannot be encoded: {exc}') from None
         if len(data) > max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload is {len(data)} bytes; the limit is {max_payload_bytes}"
             )
-        return PublishRequest(topic, data, content_type, kind, request_id)
+        rendering = _bounded_json(value, '"data"', max_payload_bytes)
+        return PublishRequest(topic, data, "application/cbor", PayloadKind.CBOR, request_id,
+                              rendering)
     if op == "ping":
         return PingRequest(request_id)
     if not isinstance(op, str):
@@ -399,6 +417,8 @@ def decode_batch(
 
     Returns `(topic, Payload)` pairs in request order; raises a BrokerError naming the first
     bad entry, so a batch is published entirely or not at all (as far as validation goes).
+    `document` comes from `load_bulk_body`: integers exact, nesting checked; each entry's
+    rendering is made here as for a single publish (`checked_payload`).
     """
     from .messages import Payload
 
@@ -408,9 +428,9 @@ def decode_batch(
     if len(entries) > MAX_BATCH_MESSAGES:
         raise PayloadTooLarge(f"a bulk request carries at most {MAX_BATCH_MESSAGES} messages")
     if body_kind is PayloadKind.JSON:
-        dumps, content_type = orjson.dumps, "application/json"
+        encode, content_type = dump_json, "application/json"
     else:
-        dumps, content_type = cbor2.dumps, "application/cbor"
+        encode, content_type = _encode_cbor, "application/cbor"
     batch = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "data" not in entry:
@@ -420,12 +440,20 @@ def decode_batch(
         except InvalidTopic as exc:
             raise InvalidTopic(f"messages[{index}]: {exc.message}") from exc
         try:
-            data = dumps(entry["data"])
+            data = encode(entry["data"])
         except Exception as exc:
             raise InvalidPayload(f"messages[{index}].data cannot be encoded: {exc}") from exc
         if len(data) > max_payload_bytes:
             raise PayloadTooLarge(
                 f"messages[{index}] is {len(data)} bytes; the limit is {max_payload_bytes}"
             )
-        batch.append((topic, Payload(data, content_type, body_kind)))
+        rendering = None
+        if body_kind is PayloadKind.CBOR:
+            rendering = _bounded_json(entry["data"], f"messages[{index}].data",
+                                      max_payload_bytes)
+        batch.append((topic, Payload(data, content_type, body_kind, rendering)))
     return batch
+
+
+def _encode_cbor(value: Any) -> bytes:
+    return cbor2.dumps(value, default=encode_big_integer)

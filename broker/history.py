@@ -1,4 +1,8 @@
-"""A topic's retained messages: a ring bounded by message count and payload bytes."""
+"""A topic's retained messages: a ring bounded by message count and by bytes held.
+
+The bytes of a message are all it holds (`Message.retained_bytes`): its payload, the
+rendering made at publish, and the frames cached on it for each wire format.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ class History:
     """Retained messages, oldest first, with contiguous offsets.
 
     Appending past either bound evicts the oldest messages. A limit of 0 keeps nothing.
+    A frame cached on a retained message after its append (by a subscriber's connection,
+    `Message.rendered`) is counted when it is made (`count_frame`) and evicted for by the
+    next append: between two appends the count may pass `max_bytes` by the frames made
+    since, at most two per message (one per wire format).
     """
 
     __slots__ = ("_bytes", "_messages", "max_bytes", "max_messages", "next_offset")
@@ -36,14 +44,25 @@ class History:
 
     def append(self, message: Message) -> None:
         self.next_offset = message.offset + 1
-        if self.max_messages <= 0 or self.max_bytes <= 0 or len(message.data) > self.max_bytes:
-            self._messages.clear()
-            self._bytes = 0
+        size = message.retained_bytes
+        if self.max_messages <= 0 or self.max_bytes <= 0 or size > self.max_bytes:
+            self._evict(len(self._messages))
             return
         self._messages.append(message)
-        self._bytes += len(message.data)
+        message._retained_by = self
+        self._bytes += size
         while len(self._messages) > self.max_messages or self._bytes > self.max_bytes:
-            self._bytes -= len(self._messages.popleft().data)
+            self._evict(1)
+
+    def count_frame(self, size: int) -> None:
+        """A retained message cached a frame of `size` bytes (`Message.rendered`)."""
+        self._bytes += size
+
+    def _evict(self, count: int) -> None:
+        for _ in range(count):
+            message = self._messages.popleft()
+            message._retained_by = None
+            self._bytes -= message.retained_bytes
 
     def read(self, start: int, limit: int | None = None) -> list[Message]:
         """Messages from offset `start` (clamped to the retained window), at most `limit`."""

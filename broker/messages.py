@@ -2,7 +2,9 @@
 
 Requests are small frozen dataclasses, a closed set per actor, dispatched with `match`.
 `Message` is immutable in everything but its cache of rendered wire frames, which lets
-each wire format be encoded once per message, never once per subscriber.
+each wire format be encoded once per message, never once per subscriber. What a message
+holds (payload, rendering, cached frames) is counted in its topic's `history_bytes` while
+the topic retains it (`History`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ from actors import Answer, Reply
 from .codec import PayloadKind
 
 if TYPE_CHECKING:
+    from .history import History
     from .subscriber import Subscriber
 
 
 class Message:
-    """One published message with its offset. Shared by every subscriber, never copied."""
+    """One published message with its offset. Shared by every subscriber, never copied.
 
-    __slots__ = ("_rendered", "content_type", "data", "kind", "offset", "timestamp", "topic")
+    `rendering` is the payload in the other format when it was made at publish (a CBOR
+    payload's JSON; see `rendering`), else None.
+    """
+
+    __slots__ = (
+        "_rendered", "_retained_by", "content_type", "data", "kind", "offset", "rendering",
+        "timestamp", "topic",
+    )
 
     def __init__(
         self,
@@ -34,6 +44,7 @@ class Message:
         content_type: str,
         kind: PayloadKind,
         timestamp: float,
+        rendering: bytes | None = None,
     ) -> None:
         self.topic = topic
         self.offset = offset
@@ -41,17 +52,32 @@ class Message:
         self.content_type = content_type
         self.kind = kind
         self.timestamp = timestamp
+        self.rendering = rendering
         self._rendered: dict[object, bytes] = {}
+        self._retained_by: History | None = None
 
     def rendered(self, render: Callable[[Message], bytes]) -> bytes:
         """The bytes `render` makes of this message, computed on first use and cached.
 
-        `render` is the cache key, so pass one long-lived function per wire format.
+        `render` is the cache key, so pass one long-lived function per wire format. A frame
+        cached while a history retains the message is added to its retained bytes.
         """
         frame = self._rendered.get(render)
         if frame is None:
             frame = self._rendered[render] = render(self)
+            if self._retained_by is not None:
+                self._retained_by.count_frame(len(frame))
         return frame
+
+    @property
+    def retained_bytes(self) -> int:
+        """What this message holds: payload, rendering and cached frames."""
+        size = len(self.data)
+        if self.rendering is not None:
+            size += len(self.rendering)
+        for frame in self._rendered.values():
+            size += len(frame)
+        return size
 
     def __repr__(self) -> str:
         return f"Message({self.topic!r}, offset={self.offset}, {len(self.data)} bytes)"
@@ -67,6 +93,9 @@ class Payload:
     data: bytes
     content_type: str
     kind: PayloadKind
+    # The payload in the other format when made at publish (a CBOR payload's JSON,
+    # `codec.checked_payload`); None: made when a frame first needs it.
+    rendering: bytes | None = None
 
 
 # Requests a TopicActor accepts.

@@ -33,7 +33,7 @@ from actors import (
     open_supervisor,
 )
 
-from .codec import check_payload
+from .codec import checked_payload
 from .connection import Subscriber, SubscriberInfo
 from .directory import (
     DirectoryRequest,
@@ -145,8 +145,8 @@ class Broker:
     def payload(self, data: bytes, content_type: str | None) -> Payload:
         """Validate `data` for its content type and the size limit (raises BrokerError)."""
         content_type = content_type or "application/octet-stream"
-        kind = check_payload(data, content_type, self.settings.max_payload_bytes)
-        return Payload(data, content_type, kind)
+        kind, rendering = checked_payload(data, content_type, self.settings.max_payload_bytes)
+        return Payload(data, content_type, kind, rendering)
 
     async def publish(self, topic: str, payload: Payload) -> int:
         """Give `payload` the next offset of `topic`; returns the offset.

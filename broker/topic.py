@@ -345,7 +345,7 @@ class TopicActor:
         """Give `payload` the next offset and retain it."""
         message = Message(
             self.name, self._history.next_offset, payload.data, payload.content_type,
-            payload.kind, timestamp,
+            payload.kind, timestamp, payload.rendering,
         )
         self._history.append(message)
         self._counters.published += 1

@@ -123,7 +123,7 @@ def create_app(broker: Broker, ready: Any) -> QuartTrio:
                         "offset": m.offset,
                         "content_type": m.content_type,
                         "timestamp": m.timestamp,
-                        "data": codec.payload_value(m),
+                        "data": codec.payload_json_fragment(m),
                     }
                     for m in page.messages
                 ],

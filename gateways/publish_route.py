@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from broker import (
     Broker,
     BrokerError,
-    InvalidPayload,
     UnsupportedContentType,
     codec,
     validate_topic,
@@ -58,13 +55,7 @@ class PublishRoute:
                 raise UnsupportedContentType(
                     "bulk publish takes application/json or application/cbor bodies"
                 )
-            try:
-                document = (
-                    orjson.loads(request.body) if kind is codec.PayloadKind.JSON
-                    else codec.load_cbor_item(request.body)
-                )
-            except Exception as exc:
-                raise InvalidPayload(f"body is not valid {kind.name}: {exc}") from exc
+            document = codec.load_bulk_body(request.body, kind)
             batch = codec.decode_batch(document, kind, self._limit)
             outcomes = await self._broker.publish_many(batch)
         except BrokerError as error:

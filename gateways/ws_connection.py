@@ -638,8 +638,8 @@ class WebSocketConnection:
         if type(request) is not PublishRequest:
             self.outbox.flush()  # answers queued for earlier frames: not behind a wait
         match request:
-            case PublishRequest(topic, data, content_type, kind, request_id):
-                payload = Payload(data, content_type, kind)
+            case PublishRequest(topic, data, content_type, kind, request_id, rendering):
+                payload = Payload(data, content_type, kind, rendering)
                 # Usually answered at once (an idle topic) or later on the topic's task,
                 # while this one reads on. Counted first: the answer may come before
                 # `publish_soon` returns.

@@ -151,10 +151,10 @@ RENDERINGS = [
                  {"1": "one"}, {1: "one"}, id="cbor-int-keys"),
     pytest.param(cbor2.dumps(2**70), PayloadKind.CBOR,
                  str(2**70), 2**70, id="cbor-bignum"),
-    pytest.param(cbor2.dumps(cbor2.CBORTag(4000, [1, "x"])), PayloadKind.CBOR,
-                 {"tag": 4000, "value": [1, "x"]},
-                 cbor2.loads(cbor2.dumps(cbor2.CBORTag(4000, [1, "x"]))),
-                 id="cbor-unknown-tag"),
+    pytest.param(bytes([0xC0]) + cbor2.dumps("2013-03-21T20:04:00Z"), PayloadKind.CBOR,
+                 "2013-03-21T20:04:00+00:00",
+                 cbor2.loads(bytes([0xC0]) + cbor2.dumps("2013-03-21T20:04:00Z")),
+                 id="cbor-date-time-tag"),
 ]
 
 
@@ -253,7 +253,8 @@ def test_decode_request_publish_reencodes_data_in_the_frames_format(data: Any) -
         )
     fmt, raw = encodings(obj)[2]
     assert decode_request(fmt, raw, LIMIT) == PublishRequest(
-        "orders.eu", cbor2.dumps(data), "application/cbor", PayloadKind.CBOR, 9
+        "orders.eu", cbor2.dumps(data), "application/cbor", PayloadKind.CBOR, 9,
+        orjson.dumps(data),  # its JSON rendering, made once at publish
     )
 
 
@@ -370,10 +371,14 @@ def test_decode_batch_returns_payloads_in_request_order(
 ) -> None:
     document = {"messages": [{"topic": "b", "data": {"n": 1}}, {"topic": "a.x", "data": "s"},
                              {"topic": "b", "data": None}]}
+    # CBOR entries carry their JSON rendering, made once at publish.
+    def rendering(value: Any) -> bytes | None:
+        return orjson.dumps(value) if kind is PayloadKind.CBOR else None
+
     assert decode_batch(document, kind, 1024) == [
-        ("b", Payload(dumps({"n": 1}), content_type, kind)),
-        ("a.x", Payload(dumps("s"), content_type, kind)),
-        ("b", Payload(dumps(None), content_type, kind)),
+        ("b", Payload(dumps({"n": 1}), content_type, kind, rendering({"n": 1}))),
+        ("a.x", Payload(dumps("s"), content_type, kind, rendering("s"))),
+        ("b", Payload(dumps(None), content_type, kind, rendering(None))),
     ]
 
 
@@ -427,9 +432,20 @@ def test_decode_batch_rejects_more_messages_than_allowed() -> None:
 
 
 def test_decode_batch_rejects_data_the_body_format_cannot_encode() -> None:
-    document = {"messages": [{"topic": "a", "data": 2**64}]}
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    document = {"messages": [{"topic": "a", "data": deep}]}
     with pytest.raises(InvalidPayload, match=r"messages\[0\]"):
         decode_batch(document, PayloadKind.JSON, 1024)
+
+
+def test_decode_batch_keeps_json_integers_past_64_bits_exact_in_both_renderings() -> None:
+    document = {"messages": [{"topic": "a", "data": [2**64, -(2**70)]}]}
+    [(_, payload)] = decode_batch(document, PayloadKind.JSON, 1024)
+    assert payload.data == b"[18446744073709551616,-1180591620717411303424]"
+    message = Message("a", 0, payload.data, payload.content_type, payload.kind, 0.0)
+    assert cbor2.loads(encode_message_cbor(message))["data"] == [2**64, -(2**70)]
 
 
 def test_cyclic_cbor_from_shared_references_is_refused_at_publish() -> None:
@@ -452,14 +468,16 @@ def test_request_ids_keep_their_full_int64_range_and_unechoable_ids_are_refused(
     cyclic_id = b"\xa2bopdpingbid\xd8\x1c\x81\xd8\x1d\x00"
     with pytest.raises(RequestRejected) as rejected:
         decode_request(WireFormat.CBOR, cyclic_id, 1024)
-    assert rejected.value.error.code == "invalid_frame"
+    assert rejected.value.error.code == "invalid_payload"  # value sharing is refused
+    assert "tag 29" in rejected.value.error.message  # the first met: inside the 28
     # A lone surrogate escape is refused by orjson already (never a str id to echo).
     with pytest.raises(RequestRejected) as rejected:
         decode_request(WireFormat.JSON, b'{"op": "ping", "id": "\\ud800"}', 1024)
     assert rejected.value.error.code == "invalid_frame"
     # Past 64 bits (JSON reads such a number as a float): CBOR echoes the int.
     cbor_huge = cbor2.dumps({"op": "ping", "id": 2**64})
-    assert decode_request(WireFormat.CBOR, cbor_huge, 1024).id == 2**64
+    request = decode_request(WireFormat.CBOR, cbor_huge, 1024)
+    assert cbor2.loads(encode_ok(WireFormat.CBOR, request.id))["id"] == 2**64
 
 
 @pytest.mark.parametrize("request_id", ["plain", "ünïcode", None, 0, 2**64 - 1, -(2**63), 1.5,

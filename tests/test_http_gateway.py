@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cbor2
 import httpx
 import orjson
@@ -116,6 +118,31 @@ async def test_bulk_publish_returns_offsets_in_request_order(http: httpx.AsyncCl
     ]
     history = (await http.get("/v1/topics/a/messages?from=0")).json()
     assert [m["data"] for m in history["messages"]] == [0, 2, 4]
+
+
+async def test_history_answers_splice_each_payloads_json_rendering(
+    http: httpx.AsyncClient,
+) -> None:
+    """The JSON made at publish (CBOR) or the payload's own bytes (JSON) go into the
+    answer as they are: nothing is decoded again per read, and big integers stay exact."""
+    payloads = [
+        ("application/cbor", cbor2.dumps({"b": b"\x00\x01", "n": 2**70})),
+        ("application/json", b'{"big":123456789012345678901234567890}'),
+        ("text/plain", "h\u00e9".encode()),
+        ("application/octet-stream", b"\xff"),
+    ]
+    for content_type, body in payloads:
+        response = await http.post(
+            "/v1/topics/r", content=body, headers={"content-type": content_type})
+        assert response.status_code == 202
+    history = await http.get("/v1/topics/r/messages?from=0")
+    assert history.status_code == 200
+    assert [m["data"] for m in json.loads(history.text)["messages"]] == [
+        {"b": {"base64": "AAE="}, "n": str(2**70)},
+        {"big": 123456789012345678901234567890},
+        "h\u00e9",
+        {"base64": "/w=="},
+    ]
 
 
 async def test_bulk_publish_in_cbor(http: httpx.AsyncClient) -> None:
