@@ -12,7 +12,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from gateways.ws_connection import (
+from gateways.ws_reader import (
     DATA,
     INCOMPLETE,
     OTHER,
