@@ -24,11 +24,12 @@ from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker
 from .outbox import ControlFrame, Gap, Offer, Outbox
 from .policies import CloseReason, SlowConsumerPolicy
-from .settings import Settings, SettingsError, TopicSettings, load_settings
+from .settings import SETTING_NAMES, Settings, SettingsError, TopicSettings, load_settings
 from .subjects import SubjectTrie, pattern_matches, validate_pattern, validate_topic
 from .topic import TopicActor, TopicStatistics
 
 __all__ = [
+    "SETTING_NAMES",
     "AlreadySubscribed",
     "Broker",
     "BrokerError",

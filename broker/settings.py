@@ -112,6 +112,8 @@ _SCALARS = {
     f.name: f for f in fields(Settings) if f.name not in ("topic_defaults", "topic_overrides")
 }
 _TOPIC_FIELDS = {f.name: f for f in fields(TopicSettings)}
+# The broker-wide settings that flags, env and TOML keys can name (`broker serve --NAME`).
+SETTING_NAMES: tuple[str, ...] = tuple(_SCALARS)
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:

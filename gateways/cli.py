@@ -22,7 +22,7 @@ import cbor2
 import orjson
 import trio
 
-from broker import BrokerError, Settings, load_settings
+from broker import SETTING_NAMES, BrokerError, Settings, load_settings
 
 from .client import (
     DEFAULT_HTTP_URL,
@@ -38,6 +38,10 @@ from .serve import serve
 log = logging.getLogger("broker.cli")
 
 
+# The settings `serve` has a flag of its own for; the others get a generic one.
+_SERVE_FLAGS = ("host", "port", "ws_port", "log_level")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="broker", description="A message broker on trio.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML configuration file")
     run.add_argument("--log-level", dest="log_level",
                      choices=["debug", "info", "warning", "error"], help="default info")
+    for name in SETTING_NAMES:  # every other setting too, e.g. --max-payload-bytes 1000
+        if name not in _SERVE_FLAGS:
+            run.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUE",
+                             help=f"setting {name} (README: Configuration)")
     _add_pubsub_commands(commands)
     commands.add_parser(
         "bench", add_help=False,
@@ -258,10 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sub":
         return _run_client_command("sub", _subscribe, args)
     if args.command == "serve":
-        flags = {
-            "host": args.host, "port": args.port, "ws_port": args.ws_port,
-            "log_level": args.log_level,
-        }
+        flags = {name: getattr(args, name) for name in SETTING_NAMES}
         try:
             settings = load_settings(flags, config_path=args.config)
         except BrokerError as exc:
