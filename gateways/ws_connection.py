@@ -599,8 +599,8 @@ class WebSocketConnection:
         try:
             return await self._serve_wsproto_events(ws)
         finally:
-            if boundaries.incomplete or self._parts is not None:
-                self._incomplete(boundaries.received + self._size, len(data))
+            if boundaries.incomplete:
+                self._incomplete(boundaries.received, len(data))
             else:
                 self._frame_deadline = self._frame_started = None
 

@@ -76,20 +76,22 @@ MAX_HEADER_BYTES = 14
 
 class FrameBoundaries:
     """Follows frame boundaries in a client's byte stream (headers only; payload bytes are
-    counted, not kept): `incomplete` after a `feed` that stopped inside a frame, and
-    `received`, the bytes of that frame so far. For the receive deadline of connections
-    whose input wsproto parses (it keeps partial frames to itself)."""
+    counted, not kept): `incomplete` after a `feed` that stopped inside a frame or inside a
+    fragmented message, and `received`, the bytes of that frame or message so far. For the
+    receive deadline of connections whose input wsproto parses (it keeps partial frames to
+    itself)."""
 
-    __slots__ = ("_header", "_remaining", "received")
+    __slots__ = ("_header", "_in_message", "_remaining", "received")
 
     def __init__(self) -> None:
         self._header = b""  # the start of a header not complete yet
         self._remaining = 0  # payload bytes of the current frame still to come
-        self.received = 0  # bytes of the current (incomplete) frame so far
+        self._in_message = False  # a data frame without FIN began a message not ended yet
+        self.received = 0  # bytes of the current (incomplete) frame or message so far
 
     @property
     def incomplete(self) -> bool:
-        return bool(self._header) or self._remaining > 0
+        return bool(self._header) or self._remaining > 0 or self._in_message
 
     def feed(self, data: bytes | bytearray) -> None:
         """Account for the next bytes of the stream. O(frames in `data`)."""
@@ -101,7 +103,7 @@ class FrameBoundaries:
                 self._remaining -= taken
                 self.received += taken
                 at += taken
-                if not self._remaining:
+                if not self._remaining and not self._in_message:
                     self.received = 0
                 continue
             taken = min(MAX_HEADER_BYTES - len(self._header), size - at)
@@ -116,8 +118,10 @@ class FrameBoundaries:
             self._header = b""
             self.received += used
             at += used
+            if header[0] & 0x0F < 0x8:  # a data frame: FIN says whether its message ends
+                self._in_message = not header[0] & 0x80
             self._remaining = payload_length(header)
-            if not self._remaining:
+            if not self._remaining and not self._in_message:
                 self.received = 0
 
 

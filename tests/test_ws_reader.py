@@ -155,33 +155,12 @@ def test_the_connection_reads_what_wsproto_reads_whatever_the_pieces(
         assert end == expected_end or (end, expected_end) == ("error:1002", "error:1002")
 
 
-@settings(deadline=None, max_examples=200)
-@given(st.lists(frames(), min_size=1, max_size=6), st.data())
-def test_frame_boundaries_know_when_input_stops_inside_a_frame(
-    parts: list[bytes], data: st.DataObject
-) -> None:
-    # Only well-formed frames: the tracker follows headers, it does not judge them.
-    stream = b"".join(p for p in parts if p)
-    ends = set()
+def complete_points(stream: bytes) -> set[int]:
+    """Offsets of `stream` between two frames and outside any fragmented message."""
+    points = {0}
     at = 0
-    for part in parts:
-        at += len(part)
-        ends.add(at)
-    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=12))))
-    boundaries = FrameBoundaries()
-    previous = 0
-    for cut in [*cuts, len(stream)]:
-        boundaries.feed(stream[previous:cut])
-        previous = cut
-        inside = cut not in ends and cut != 0 and not at_frame_end(stream, cut)
-        assert boundaries.incomplete == inside, cut
-    assert not boundaries.incomplete and boundaries.received == 0
-
-
-def at_frame_end(stream: bytes, cut: int) -> bool:
-    """`cut` falls between two frames of `stream` (parts may hold several frames)."""
-    at = 0
-    while at < cut:
+    in_message = False
+    while at < len(stream):
         header_end = at + 2
         length = stream[at + 1] & 0x7F
         if length == 126:
@@ -192,8 +171,30 @@ def at_frame_end(stream: bytes, cut: int) -> bool:
             header_end += 8
         if stream[at + 1] & 0x80:
             header_end += 4
+        if stream[at] & 0x0F < 8:
+            in_message = not stream[at] & 0x80
         at = header_end + length
-    return at == cut
+        if not in_message:
+            points.add(at)
+    return points
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(frames(), min_size=1, max_size=6), st.data())
+def test_frame_boundaries_know_when_input_stops_inside_a_frame_or_message(
+    parts: list[bytes], data: st.DataObject
+) -> None:
+    stream = b"".join(parts)
+    complete = complete_points(stream)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=12))))
+    boundaries = FrameBoundaries()
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        boundaries.feed(stream[previous:cut])
+        previous = cut
+        assert boundaries.incomplete == (cut not in complete), cut
+        if not boundaries.incomplete:
+            assert boundaries.received == 0
 
 
 def test_frame_boundaries_count_the_bytes_of_the_frame_in_progress() -> None:
@@ -205,3 +206,12 @@ def test_frame_boundaries_count_the_bytes_of_the_frame_in_progress() -> None:
     assert boundaries.received == 600
     boundaries.feed(frame[600:] + frame[:3])  # the end of one, the start of the next
     assert boundaries.incomplete and boundaries.received == 3
+
+
+def test_frame_boundaries_count_a_fragmented_message_until_its_last_frame() -> None:
+    boundaries = FrameBoundaries()
+    first = raw_frame(1, b"abc", fin=False)
+    boundaries.feed(first + raw_frame(9, b"ping"))  # a control frame in between
+    assert boundaries.incomplete and boundaries.received == len(first) + 10
+    boundaries.feed(raw_frame(0, b"def"))
+    assert not boundaries.incomplete and boundaries.received == 0
