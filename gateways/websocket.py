@@ -24,14 +24,9 @@ from broker import Broker, CloseReason, Settings
 
 from .http_wire import HttpError, parse_head
 from .tcp import ConnectionLost, accept_loop, receive, send_all, take_over
-from .ws_connection import (
-    RECEIVE_SIZE,
-    RENDERERS,
-    WebSocketConnection,
-    render_cbor,
-    render_json,
-)
+from .ws_connection import RECEIVE_SIZE, WebSocketConnection
 from .ws_handshake import Accept, answer, reject_unreadable
+from .ws_render import RENDERERS, render_cbor, render_json
 
 log = logging.getLogger("gateways.websocket")
 

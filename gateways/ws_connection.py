@@ -7,7 +7,12 @@
 - Topics write message frames straight to the socket (`Outbox.flush`) and never wait for a
   connection. Only what the kernel did not take stays queued: the outbox then wakes the
   task (`wake_writer` cancels its wait for input), which writes everything waiting with
-  one `send` per batch (nats-server's flush-per-batch), waiting for the socket as it must.
+  one `sendmsg` per batch over the shared frames (nats-server's flush-per-batch; no
+  private copy, items leave the outbox as written), waiting for the socket as it must,
+  each batch within `write_timeout`: a client that stops reading is dropped.
+- An incomplete client frame (or fragmented message) must be complete by
+  `receive_deadline(first byte, bytes so far, header_timeout, min_receive_rate)`, else
+  the connection is closed with 1008 `frame not completed in time`.
 - A publish to a running topic is handed over without waiting (`Broker.publish_soon`):
   an idle topic takes it at once on this task (`TopicActor.publish_now`), a busy one
   answers later on its own task; either way through `_answer_publish`, which writes the
@@ -37,7 +42,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -53,8 +57,6 @@ from broker import (
     BrokerError,
     CloseReason,
     ControlFrame,
-    Gap,
-    Message,
     NotSubscribed,
     Outbox,
     Payload,
@@ -78,6 +80,7 @@ from .tcp import ConnectionLost, receive, receive_deadline, send_all
 from .ws_handshake import Accept
 from .ws_log import ProtocolErrorLog
 from .ws_reader import DATA, INCOMPLETE, TOO_BIG, FrameBoundaries, client_data_frame, unmask
+from .ws_render import GAP_RENDERERS, RENDERERS
 from .wsframe import binary_frame, text_frame
 
 log = logging.getLogger("gateways.websocket")
@@ -97,38 +100,6 @@ _LINGERING = (ConnectionState.LOCAL_CLOSING,)
 _CAN_CLOSE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
-def render_json(message: Message) -> bytes:
-    """A `message` frame for `broker.v1.json` connections (cached on the message)."""
-    return text_frame(codec.encode_message_json(message))
-
-
-def render_cbor(message: Message) -> bytes:
-    """A `message` frame for `broker.v1.cbor` connections (cached on the message)."""
-    return binary_frame(codec.encode_message_cbor(message))
-
-
-RENDERERS: dict[WireFormat, Callable[[Message], bytes]] = {
-    WireFormat.JSON: render_json,
-    WireFormat.CBOR: render_cbor,
-}
-def _gap_object(gap: Gap) -> dict[str, object]:
-    """`{"op": "gap", ...}`: messages of a topic dropped for this subscriber."""
-    return {"op": "gap", "topic": gap.topic, "skipped": gap.skipped,
-            "from": gap.first, "to": gap.last}
-
-
-def render_gap_json(gap: Gap) -> bytes:
-    return text_frame(codec.encode_object(WireFormat.JSON, _gap_object(gap)))
-
-
-def render_gap_cbor(gap: Gap) -> bytes:
-    return binary_frame(codec.encode_object(WireFormat.CBOR, _gap_object(gap)))
-
-
-GAP_RENDERERS: dict[WireFormat, Callable[[Gap], bytes]] = {
-    WireFormat.JSON: render_gap_json,
-    WireFormat.CBOR: render_gap_cbor,
-}
 # Protocol errors: debug per connection, a summary at info at most every 10 s.
 protocol_errors = ProtocolErrorLog(log)
 
@@ -752,10 +723,7 @@ def _protocol_reason_for(code: int | None) -> CloseReason:
 
 __all__ = [
     "RECEIVE_SIZE",
-    "RENDERERS",
     "ConnectionLost",
     "WebSocketConnection",
-    "render_cbor",
-    "render_json",
     "send_all",
 ]
