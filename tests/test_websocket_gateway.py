@@ -15,6 +15,8 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
+from broker import SlowConsumerPolicy, TopicSettings
+
 from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
 
@@ -368,3 +370,40 @@ def test_accepted_connections_have_no_nagle_delay_and_a_low_unsent_mark() -> Non
             if hasattr(socket, "TCP_NOTSENT_LOWAT"):
                 lowat = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
                 assert lowat == NOTSENT_LOWAT
+
+
+@pytest.mark.parametrize("lead", [b"", masked_frame(0x9, b"ping")])
+async def test_a_frame_begun_and_never_finished_is_closed_with_1008(
+    start_broker: StartBroker, lead: bytes
+) -> None:
+    """Before, a connection holding half a frame and then silence was kept for good. Now
+    it has header_timeout + bytes so far / min_receive_rate (here 0.2 + 0.09 s); with a
+    ping first, wsproto parses the input and the same bound holds."""
+    running = await start_broker(header_timeout=0.2, min_receive_rate=100.0)
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    await raw.send(lead + masked_frame(0x1, b'{"op": "ping", "id": 1}' * 10)[:9])
+    started = trio.current_time()
+    frames, close = await raw.read_until_close()
+    took = trio.current_time() - started
+    assert close is not None and close.close_code == 1008
+    assert close.payload[2:] == b"frame not completed in time"
+    assert 0.2 <= took < 2.0
+    assert [f.opcode for f in frames] == ([0xA] if lead else [])  # the pong
+    await raw.aclose()
+
+
+async def test_a_subscriber_that_stops_reading_is_dropped_after_write_timeout(
+    start_broker: StartBroker,
+) -> None:
+    """drop-oldest never evicts; the write deadline does, and the topic forgets it."""
+    running = await start_broker(write_timeout=0.3, topic_defaults=TopicSettings(
+        slow_consumer_policy=SlowConsumerPolicy.DROP_OLDEST))
+    stalled = await RawWebSocket.connect(running.addresses.ws_port, "/v1/ws?topic=feed",
+                                         receive_buffer=4096)
+    await wait_until(lambda: _subscribers(running, "feed", 1))
+    async with httpx.AsyncClient(base_url=running.http_url) as http:
+        for _ in range(16):  # 1 MiB: far more than the socket buffers hold
+            assert (await http.post("/v1/topics/feed", content=b"x" * 65536)).status_code == 202
+    await wait_until(lambda: _subscribers(running, "feed", 0), timeout=3)
+    await wait_until(_connections_equal(running.broker, 0))
+    await stalled.aclose()
