@@ -5,6 +5,7 @@ Other clients are unaffected and the broker keeps serving; each test checks both
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 
 import cbor2
@@ -15,7 +16,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from broker import SlowConsumerPolicy, TopicSettings
+from broker import Settings, SlowConsumerPolicy, TopicSettings
 
 from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
@@ -407,3 +408,34 @@ async def test_a_subscriber_that_stops_reading_is_dropped_after_write_timeout(
     await wait_until(lambda: _subscribers(running, "feed", 0), timeout=3)
     await wait_until(_connections_equal(running.broker, 0))
     await stalled.aclose()
+
+
+async def test_a_handshake_trickled_byte_by_byte_is_read_whole() -> None:
+    """The head's end is searched for in the new bytes only (with the 3 before them), so
+    a `\\r\\n\\r\\n` split across receives is found, and a long head costs linear time."""
+    from gateways.websocket import _handshake
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    head = (b"GET /v1/ws?client=" + b"n" * 100 + b" HTTP/1.1\r\nHost: h\r\nUpgrade: websocket"
+            b"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+    early = masked_frame(0x1, b'{"op": "ping", "id": 1}')
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def trickle() -> None:
+                for at in range(len(head) - 1):
+                    theirs.send(head[at:at + 1])
+                    await trio.testing.wait_all_tasks_blocked()  # read before the next
+                theirs.send(head[-1:] + early)  # a first frame right behind the head
+
+            nursery.start_soon(trickle)
+            accepted = await _handshake(ours, Settings())
+        assert accepted is not None
+        accept, rest = accepted
+        assert accept.client == "n" * 100 and rest == early
+        assert theirs.recv(4096).startswith(b"HTTP/1.1 101 ")
+    finally:
+        ours.close()
+        theirs.close()
