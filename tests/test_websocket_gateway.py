@@ -18,6 +18,9 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from broker import Settings, SlowConsumerPolicy, TopicSettings
 
+from gateways.websocket import _handshake
+from gateways.ws_handshake import Accept
+
 from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
 
@@ -413,8 +416,6 @@ async def test_a_subscriber_that_stops_reading_is_dropped_after_write_timeout(
 async def test_a_handshake_trickled_byte_by_byte_is_read_whole() -> None:
     """The head's end is searched for in the new bytes only (with the 3 before them), so
     a `\\r\\n\\r\\n` split across receives is found, and a long head costs linear time."""
-    from gateways.websocket import _handshake
-
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     head = (b"GET /v1/ws?client=" + b"n" * 100 + b" HTTP/1.1\r\nHost: h\r\nUpgrade: websocket"
@@ -422,16 +423,8 @@ async def test_a_handshake_trickled_byte_by_byte_is_read_whole() -> None:
             b"Sec-WebSocket-Version: 13\r\n\r\n")
     early = masked_frame(0x1, b'{"op": "ping", "id": 1}')
     try:
-        async with trio.open_nursery() as nursery:
-
-            async def trickle() -> None:
-                for at in range(len(head) - 1):
-                    theirs.send(head[at:at + 1])
-                    await trio.testing.wait_all_tasks_blocked()  # read before the next
-                theirs.send(head[-1:] + early)  # a first frame right behind the head
-
-            nursery.start_soon(trickle)
-            accepted = await _handshake(ours, Settings())
+        with trio.fail_after(5):
+            accepted = await _handshake_trickled(ours, theirs, head, early)
         assert accepted is not None
         accept, rest = accepted
         assert accept.client == "n" * 100 and rest == early
@@ -439,3 +432,19 @@ async def test_a_handshake_trickled_byte_by_byte_is_read_whole() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+async def _handshake_trickled(
+    ours: socket.socket, theirs: socket.socket, head: bytes, early: bytes
+) -> tuple[Accept, bytes] | None:
+    """`_handshake` reading `head` sent one byte per receive, `early` behind its end."""
+
+    async def trickle() -> None:
+        for at in range(len(head) - 1):
+            theirs.send(head[at:at + 1])
+            await trio.testing.wait_all_tasks_blocked()  # read before the next
+        theirs.send(head[-1:] + early)  # a first frame right behind the head
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        return await _handshake(ours, Settings())
