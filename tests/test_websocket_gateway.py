@@ -17,7 +17,6 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from broker import Settings, SlowConsumerPolicy, TopicSettings
-
 from gateways.websocket import _handshake
 from gateways.ws_handshake import Accept
 
