@@ -243,11 +243,14 @@ class WebSocketConnection:
             self._request_close(await self._receive(early))
 
     def evict(self, reason: CloseReason) -> None:
-        """Called by a topic's policy: close after the write in progress, within
-        `close_timeout`; what is still queued is dropped."""
+        """Called by a topic's policy (or to shed memory): close after the rest of a begun
+        frame, within `close_timeout`. What is still queued is dropped at once, and topics
+        offering more are told CLOSED: the memory is released now, not at the close."""
         if self._evicted is not None:
             return
         self._evicted = reason
+        self.outbox.close()
+        self.outbox.discard()
         self._close_within(self._settings.close_timeout)
         self._wake_up()
 
