@@ -47,6 +47,9 @@ from .metrics import BrokerCounters
 GRACE_FACTOR = 2
 # Most bytes gathered for one write; past that, the next write takes the rest.
 WRITE_MAX_BYTES = 256 * 1024
+# Fewest bytes gathered for one write (after the kernel took little or nothing): about
+# what a socket whose unsent bytes fell below its low mark (NOTSENT_LOWAT) takes.
+WRITE_MIN_BYTES = 16 * 1024
 # Most frames gathered for one `sendmsg` (IOV_MAX is 1024 on Linux).
 WRITE_MAX_FRAMES = 1024
 # `queued_bytes` bound of an outbox made without one (tests); connections pass
@@ -132,6 +135,7 @@ class Outbox:
         "_counters",
         "_free",
         "_gaps",
+        "_gather",
         "_items",
         "_max_bytes",
         "_over_since",
@@ -183,6 +187,7 @@ class Outbox:
         # until the queue is empty, and `flush` only wakes it.
         self._writing = False
         self._gaps: dict[str, Gap] = {}
+        self._gather = WRITE_MAX_BYTES  # bytes `write_queued` gathers (see there)
         # When the outbox became full with no item written since (grace period).
         self._over_since: float | None = None
         # Made on first use: most connections never wait on either, and with thousands of
@@ -284,28 +289,39 @@ class Outbox:
             self._wake()
 
     def write_queued(self) -> int:
-        """Write from the front of the queue what the kernel takes now (up to
-        WRITE_MAX_FRAMES frames, WRITE_MAX_BYTES, in one call); the bytes written (0 when
-        the kernel's buffer is full). Raises OSError (and the outbox is closed) when the
-        peer is gone. The connection's task calls it when the socket has room, until the
-        queue is empty; that ends its turn as writer (`flush` writes again)."""
+        """Write from the front of the queue what the kernel takes now, in one call; the
+        bytes written (0 when the kernel's buffer is full). Raises OSError (and the outbox
+        is closed) when the peer is gone. The connection's task calls it when the socket
+        has room, until the queue is empty; that ends its turn as writer (`flush` writes
+        again).
+
+        Gathers up to WRITE_MAX_FRAMES frames and `_gather` bytes: about what the kernel
+        took last time (doubling while it takes everything, up to WRITE_MAX_BYTES), so a
+        subscriber that reads slowly does not have the same frames gathered again and
+        again for a kernel that takes a few of them (`python -m benchmarks.quick`,
+        sustained)."""
         items = self._items
         if self._gaps:
             self._report_gaps()
         frames: list[bytes | memoryview] = []
-        size = 0
+        size = replies = 0
+        limit = self._gather
         render = self._render
         for item in items:
             kind = type(item)
             if kind is Message:
-                frame = item.rendered(render)  # type: ignore[union-attr]
+                try:  # queued messages were rendered when offered: no method call
+                    frame = item._rendered[render]  # type: ignore[union-attr]
+                except KeyError:
+                    frame = item.rendered(render)  # type: ignore[union-attr]
             elif kind is ControlFrame:
                 frame = item.data  # type: ignore[union-attr]
+                replies += 1
             else:
                 frame = item  # type: ignore[assignment]
             frames.append(frame)
             size += len(frame)
-            if size >= WRITE_MAX_BYTES or len(frames) >= WRITE_MAX_FRAMES:
+            if size >= limit or len(frames) >= WRITE_MAX_FRAMES:
                 break
         if not frames:
             self._writing = False
@@ -318,11 +334,29 @@ class Outbox:
             else:  # no scatter-gather: one joined copy, for this write only
                 sent = self._write_now(b"".join(frames))  # type: ignore[misc]
         except BlockingIOError:
+            self._gather = WRITE_MIN_BYTES
             return 0
         except OSError:
             self.close()
             raise
-        self._consume(frames, sent)
+        if sent < size:
+            self._gather = max(sent, WRITE_MIN_BYTES)
+            self._consume(frames, sent)
+        else:  # all of it: no frame to look at again (the usual case)
+            if limit < WRITE_MAX_BYTES:
+                self._gather = min(limit * 2, WRITE_MAX_BYTES)
+            count = len(frames)
+            if count == len(items):
+                items.clear()
+            else:
+                for _ in range(count):
+                    items.popleft()
+            self._free += sent
+            self._begun = False
+            self._over_since = None  # the subscriber reads: a new grace period if full
+            self._counters.delivered += count - replies
+            if self._room:
+                self._room.unpark_all()
         if not items:
             self._writing = False
         return sent
