@@ -422,3 +422,18 @@ async def test_discard_releases_everything_but_a_begun_frame() -> None:
     outbox.offer(message(5))  # closed: nothing more
     outbox.discard()
     assert len(outbox) == 0 and outbox.queued_bytes == 0
+
+
+async def test_a_write_gathers_about_what_the_kernel_took_last_time() -> None:
+    """A slow reader's frames are not gathered again and again for a kernel that takes a
+    few of them: after a partial write the next gathers about that much (16 KiB at least),
+    doubling while the kernel takes everything."""
+    outbox, sock = make(capacity=1000, sock=FakeSocket(room=0), max_bytes=1 << 30)
+    for n in range(400):
+        outbox.offer(message(n, data=b"x" * 998), lone=False)  # 1,000-byte frames
+    sock.room = 5000
+    assert outbox.write_queued() == 5000
+    sock.room = 1 << 20
+    outbox.write_queued()
+    outbox.write_queued()
+    assert sock.buffers == [263, 17, 33]  # 256 KiB, then 16 KiB, then 32 KiB
