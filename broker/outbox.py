@@ -23,7 +23,10 @@ Message frames are queued as `Message` objects, not bytes, so a policy knows eac
 topic and offset (drop-oldest reports gaps per topic).
 
 Bounds: `capacity` items and `max_bytes` of `queued_bytes`; past either an offer is FULL
-(an empty outbox takes any one frame, so no message is undeliverable). Grace
+(an empty outbox takes any one frame, so no message is undeliverable). A burst's messages
+are counted in bytes when it is flushed (the fan-out hot path does nothing more per
+message and subscriber), so an outbox may pass `max_bytes` by one burst, which its topic
+holds anyway; the next offer is then FULL. Grace
 (`disconnect` policy): past them, `offer_in_grace` still queues, up to `GRACE_FACTOR` x
 both, for as long as the outbox has been full for less than the topic's grace period; a
 write that completes a queued item ends that period. So a subscriber that pauses briefly
@@ -36,6 +39,7 @@ import enum
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import trio
 from trio.lowlevel import ParkingLot
@@ -132,6 +136,7 @@ class Outbox:
         "_begun",
         "_capacity",
         "_closed",
+        "_counted",
         "_counters",
         "_free",
         "_gaps",
@@ -173,6 +178,9 @@ class Outbox:
         # `max_bytes - queued_bytes`, kept up to date by every change to `_items` (O(1)
         # each; the room left rather than the bytes used: one operation less per offer).
         self._free = max_bytes
+        # Items at the front whose bytes `_free` counts; those after it were queued by a
+        # burst (`offer(lone=False)`) and are counted later (`_settle`).
+        self._counted = 0
         self._wanted = 0  # size of the last frame refused as FULL (see `wait_room`)
         self._render = render
         self._render_gap = render_gap
@@ -206,19 +214,31 @@ class Outbox:
         if self._closed:
             return Offer.CLOSED
         items = self._items
+        if not lone:
+            # A burst: only queued, its bytes counted when it is flushed (or by anything
+            # else that needs them: `_settle`); FULL at `outbox_size`, or once the bytes
+            # counted so far reach `outbox_bytes`. The hot path of fan-out: nothing more
+            # per message and subscriber (`python -m benchmarks.forward_cpu`).
+            if len(items) >= self._capacity or self._free <= 0:
+                self._wanted = 1
+                return Offer.FULL
+            items.append(message)
+            return Offer.ACCEPTED
         # Rendered now, not at the write: its size is counted exactly, and the frame is
         # made once per message per wire format either way (cached on the message; read
-        # here without the method call: hot path, `benchmarks.quick` fanout-bulk).
+        # here without the method call: hot path, `python -m benchmarks.quick` fanout).
         try:
             frame = message._rendered[self._render]
         except KeyError:
             frame = message.rendered(self._render)
         size = len(frame)
         if items:
+            if self._counted != len(items):
+                self._settle()
             if len(items) >= self._capacity or size > self._free:
                 self._wanted = size
                 return Offer.FULL
-        elif lone and not self._writing and self._write_now is not None and not self._gaps:
+        elif not self._writing and self._write_now is not None and not self._gaps:
             # The usual case: nothing queued, the frame goes straight to the socket.
             try:
                 sent = self._write_now(frame)
@@ -229,23 +249,25 @@ class Outbox:
                 return Offer.CLOSED  # the peer is gone
             except BaseException:
                 items.append(message)  # not written: it stays queued
+                self._counted = 1
                 self._free -= size
                 raise
             if sent == size:
                 self._counters.delivered += 1
                 return Offer.ACCEPTED
             items.append(memoryview(frame)[sent:] if sent else message)
+            self._counted = 1
             self._begun = sent > 0
             self._free = self._max_bytes - (size - sent)
             self._writing = True
             self._wake()
             return Offer.ACCEPTED
         items.append(message)
+        self._counted += 1
         self._free -= size
-        if lone:
-            self.flush()
-            if self._closed:
-                return Offer.CLOSED  # the write found the peer gone
+        self.flush()
+        if self._closed:
+            return Offer.CLOSED  # the write found the peer gone
         return Offer.ACCEPTED
 
     def flush(self, burst: Burst | None = None) -> None:
@@ -273,12 +295,16 @@ class Outbox:
                 return
             if sent == len(data):
                 items.clear()
-                self._free += sent
+                if self._counted:  # (what was counted of the burst: all that was counted)
+                    self._free = self._max_bytes
+                    self._counted = 0
                 self._counters.delivered += len(burst.messages)
                 if self._room:
                     self._room.unpark_all()
                 return
+            self._settle()
             self._consume([m.rendered(self._render) for m in burst.messages], sent)
+            self._counted = len(items)
         else:
             try:
                 self.write_queued()
@@ -301,6 +327,8 @@ class Outbox:
         again for a kernel that takes a few of them (`python -m benchmarks.quick`,
         sustained)."""
         items = self._items
+        if self._counted != len(items):
+            self._settle()
         if self._gaps:
             self._report_gaps()
         frames: list[bytes | memoryview] = []
@@ -326,6 +354,7 @@ class Outbox:
         if not frames:
             self._writing = False
             return 0
+        self._counted = len(items)  # (gap reports placed: counted)
         try:
             if len(frames) == 1:
                 sent = self._write_now(frames[0])  # type: ignore[misc, arg-type]
@@ -357,6 +386,7 @@ class Outbox:
             self._counters.delivered += count - replies
             if self._room:
                 self._room.unpark_all()
+        self._counted = len(items)
         if not items:
             self._writing = False
         return sent
@@ -391,6 +421,19 @@ class Outbox:
         self._counters.delivered += delivered
         if self._room:
             self._room.unpark_all()
+
+    def _settle(self) -> None:
+        """Count the bytes of the messages a burst queued (`offer(lone=False)` leaves them
+        to this): each once, so O(1) per message in all."""
+        items = self._items
+        tail = len(items) - self._counted
+        if tail > 0:
+            render = self._render
+            free = self._free
+            for item in reversed(list(islice(reversed(items), tail))):  # (in order)
+                free -= len(item.rendered(render))  # type: ignore[union-attr]
+            self._free = free
+        self._counted = len(items)
 
     def _report_gaps(self) -> None:
         """Put each pending `Gap`'s frame just before the next queued message of its
@@ -439,6 +482,7 @@ class Outbox:
             self._over_since = now
         elif now - self._over_since > grace:
             return Offer.FULL
+        self._settle()
         size = len(message.rendered(self._render))
         if (
             len(self._items) >= self._capacity * GRACE_FACTOR
@@ -446,6 +490,7 @@ class Outbox:
         ):
             return Offer.FULL
         self._items.append(message)
+        self._counted += 1
         self._free -= size
         self._wake()
         return Offer.ACCEPTED
@@ -456,6 +501,7 @@ class Outbox:
         itself if that is not enough; either way a `Gap` is reported before the topic's
         next message. Only this topic's frames are touched: other topics' promises hold.
         Called by a topic whose `offer` answered FULL (so this is the slow path)."""
+        self._settle()
         items = self._items
         render = self._render
         size = len(message.rendered(render))
@@ -469,12 +515,14 @@ class Outbox:
                 index += 1
             else:
                 self._dropped(message)  # nothing more of this topic to drop: skip it
+                self._counted = len(items)
                 self._wake()
                 return
             del items[index]
             self._free += len(item.rendered(render))  # type: ignore[union-attr]
             self._dropped(item)  # type: ignore[arg-type]
         items.append(message)
+        self._counted = len(items)
         self._free -= size
         self._wake()
 
@@ -492,10 +540,12 @@ class Outbox:
     async def wait_room(self) -> None:
         """Wait until an offer would not be FULL (or the outbox is closed): `block` policy.
         Room in bytes means room for the frame last refused as FULL."""
-        while not self._closed and self._items and (
-            len(self._items) >= self._capacity
-            or self._wanted > self._free
-        ):
+        while True:
+            self._settle()
+            if self._closed or not self._items or (
+                len(self._items) < self._capacity and self._wanted <= self._free
+            ):
+                return
             await self._room_lot().park()
 
     def offer_control(self, item: ControlFrame) -> Offer:
@@ -504,7 +554,9 @@ class Outbox:
             return Offer.CLOSED
         if len(self._items) >= self._capacity:
             return Offer.FULL
+        self._settle()
         self._items.append(item)
+        self._counted += 1
         self._free -= _size(item, self._render)
         self._wake()
         return Offer.ACCEPTED
@@ -526,7 +578,9 @@ class Outbox:
             return
         items = self._items
         if more or items or self._writing or self._write_now is None or self._gaps:
+            self._settle()
             items.append(ControlFrame(frame))
+            self._counted += 1
             self._free -= len(frame)
             if not more:
                 self.flush()
@@ -534,6 +588,7 @@ class Outbox:
         sent = self._write(self._write_now, frame)
         if sent is not None and sent < len(frame):
             items.append(ControlFrame(frame[sent:]))  # the rest goes before anything else
+            self._counted = 1
             self._begun = sent > 0
             self._free -= len(frame) - sent
             self._writing = True
@@ -549,7 +604,9 @@ class Outbox:
             await self._room_lot().park()
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
+        self._settle()
         self._items.append(item)
+        self._counted += 1
         self._free -= _size(item, self._render)
         self.flush()  # a reply goes out now if nothing is in flight: no writer wake
 
@@ -567,7 +624,9 @@ class Outbox:
             await self._writer.park()
         self._writing = True
         self._over_since = None  # the writer is moving: a new grace period if full again
+        self._settle()
         batch: list[object] = [items.popleft() for _ in range(min(len(items), max_items))]
+        self._counted = len(items)
         self._free += sum(_size(item, self._render) for item in batch)
         self._begun = False
         if self._room:
@@ -591,7 +650,9 @@ class Outbox:
         """Bytes this outbox holds for its connection: every queued frame (a message's
         frame in this outbox's wire format, rendered when offered; a reply) and the rest
         of a begun frame. Pending gap reports (a few dozen bytes per topic) are not
-        counted until placed in the queue. Kept up to date per change, O(1) to read."""
+        counted until placed in the queue. Kept up to date per change (a burst's messages
+        when it is flushed, or when this is read before), O(1) per message in all."""
+        self._settle()
         return self._max_bytes - self._free
 
     @property
@@ -627,6 +688,7 @@ class Outbox:
         else:
             items.append(keep)
             self._free -= _size(keep, self._render)
+        self._counted = len(items)
         if self._room:
             self._room.unpark_all()
 
