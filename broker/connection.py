@@ -36,7 +36,7 @@ class SubscriberInfo:
 class Subscriber:
     """A connection as topics see it: topics use `outbox.offer` and `evict` only."""
 
-    __slots__ = ("_on_evict", "client", "id", "outbox", "since")
+    __slots__ = ("_on_evict", "client", "evicted", "id", "outbox", "since")
 
     def __init__(
         self,
@@ -50,10 +50,18 @@ class Subscriber:
         self.since = time.time()
         self.outbox = outbox
         self._on_evict = on_evict
+        self.evicted = False
 
     def evict(self, reason: CloseReason) -> None:
-        """Tell the connection to close for `reason` (called by a topic's policy)."""
+        """Tell the connection to close for `reason` (called by a topic's policy, or by
+        the memory budget shedding)."""
+        self.evicted = True
         self._on_evict(reason)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes its outbox holds for the connection (what shedding it would release)."""
+        return self.outbox.queued_bytes
 
     def info(self) -> SubscriberInfo:
         return SubscriberInfo(self.id, self.client, self.since)

@@ -60,6 +60,13 @@ TURN_REQUESTS = 256
 ANSWER_FIRST_SUBSCRIBERS = 64
 
 
+def _payload_bytes(request: Publish | PublishBatch) -> int:
+    """Payload bytes a publish request holds while it waits in a mailbox."""
+    if type(request) is Publish:
+        return len(request.payload.data)
+    return sum(len(payload.data) for payload in request.payloads)  # type: ignore[union-attr]
+
+
 class TopicRetired(Exception):
     """Raised to askers of a topic that has just retired; they look the topic up again."""
 
@@ -153,7 +160,10 @@ class TopicActor:
                 handled = 0
                 active = type(request) is not IdleTick
                 while request is not None:
-                    if type(request) is Pause:
+                    kind = type(request)
+                    if kind is Publish or kind is PublishBatch:
+                        self._counters.mailbox_bytes -= _payload_bytes(request)
+                    if kind is Pause:
                         self._flush()
                         await request.resume.wait()
                     else:
@@ -291,6 +301,7 @@ class TopicActor:
         self.retired = True
         self._mailbox.close()
         self._counters.topics_reaped += 1
+        self._counters.retained_bytes -= self._history.retained_bytes  # released with us
         self._on_retired(self)
 
     def _handle(self, request: TopicRequest) -> None:
@@ -342,13 +353,18 @@ class TopicActor:
     # -- subscribers ----------------------------------------------------------------------
 
     def _accept(self, payload: Payload, timestamp: float) -> Message:
-        """Give `payload` the next offset and retain it."""
+        """Give `payload` the next offset and retain it (and count what history now holds
+        in `retained_bytes`, for the memory budget)."""
+        history = self._history
         message = Message(
-            self.name, self._history.next_offset, payload.data, payload.content_type,
+            self.name, history.next_offset, payload.data, payload.content_type,
             payload.kind, timestamp,
         )
-        self._history.append(message)
-        self._counters.published += 1
+        counters = self._counters
+        before = history.retained_bytes
+        history.append(message)
+        counters.retained_bytes += history.retained_bytes - before
+        counters.published += 1
         return message
 
     def _forward_backlog(self) -> None:
@@ -521,7 +537,16 @@ class TopicActor:
             subscription.subscriber.evict(reason)
         self._subscriptions.clear()
         self.retired = True
+        counters = self._counters
+        while True:  # publishes still queued are dropped with the mailbox: uncount them
+            try:
+                request = self._mailbox.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if type(request) is Publish or type(request) is PublishBatch:
+                counters.mailbox_bytes -= _payload_bytes(request)
         self._mailbox.close()
+        counters.retained_bytes -= self._history.retained_bytes  # released with us
         self._on_retired(self)
 
     # -- inspection (read-only, safe from any task) ----------------------------------------

@@ -1,0 +1,246 @@
+"""`MemoryBudget`: what the broker holds, against `max_memory`, looked at ten times a second.
+
+What is counted is the broker's own accounting, not the process's RSS:
+
+    used = retained history bytes of every topic          (`BrokerCounters.retained_bytes`)
+         + payload bytes waiting in topics' mailboxes     (`BrokerCounters.mailbox_bytes`)
+         + bytes queued in every connection's outbox      (`Outbox.queued_bytes`)
+         + TOPIC_BYTES per topic + CONNECTION_BYTES per connection (measured, below)
+
+Why not RSS: CPython's allocator (pymalloc arenas, glibc's heap) rarely gives freed memory
+back to the OS, so after a spike RSS stays at its high-water mark while the broker holds
+nothing: a budget on RSS would refuse publishes for ever after the first burst. The
+accounted figure falls as soon as what it counts is released (a shed subscriber, a
+reaped topic), and it is what the broker can act on. RSS is shown beside it, for
+information (`/readyz`, `process_resident_memory_bytes`).
+
+When `used` reaches the budget the broker is *overloaded*: publishes and topic creations
+are refused (`Overloaded`, 503), and the subscribers with the most bytes queued are shed
+(closed with 4008, largest first) until what remains is under `LOW_WATER` of the budget.
+It stays overloaded until `used` falls under `LOW_WATER` (hysteresis: no flapping at the
+edge). The publish path pays one attribute read (`overloaded`); the sums are taken here,
+every `SAMPLE_SECONDS`, not per publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from .policies import CloseReason
+
+log = logging.getLogger("broker.memory")
+
+# How often usage is summed: reaction time against CPU (a look walks every connection:
+# ~1 ms for 10,000, so ~1% of a core at this rate).
+SAMPLE_SECONDS = 0.1
+# Overloaded from the budget down to this fraction of it; shedding aims under it too.
+LOW_WATER = 0.9
+# What one idle topic costs (its actor's task, mailbox, history, directory entry), measured
+# with tracemalloc and RSS over 10,000 topics created in-process (README: Figures).
+TOPIC_BYTES = 6 * 1024
+# What one idle WebSocket connection costs (RSS per connection, `python -m benchmarks.idle`:
+# ~7 KiB), on top of the bytes its outbox queues.
+CONNECTION_BYTES = 8 * 1024
+# A subscriber with less than this queued is keeping up (or nearly): never shed.
+SHED_FLOOR_BYTES = 64 * 1024
+# The default budget: this fraction of the machine's memory (or of the cgroup's limit).
+DEFAULT_FRACTION = 0.5
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: MemTotal, or the cgroup's limit if lower;
+    0 if neither can be read (then there is no default budget)."""
+    total = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = int(Path(limit_file).read_text().strip())  # "max" raises: no limit
+        except (OSError, ValueError):
+            continue
+        if 0 < limit < (total or limit + 1):
+            total = limit
+        break
+    return total
+
+
+def default_max_memory() -> int:
+    """`max_memory`'s default: half of `machine_memory()`, read when settings are built."""
+    return int(machine_memory() * DEFAULT_FRACTION)
+
+
+def process_rss() -> int:
+    """This process's resident memory in bytes (/proc/self/statm; 0 where there is none)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Sheddable(Protocol):
+    """What shedding needs of a subscriber (`broker.connection.Subscriber`)."""
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+    @property
+    def evicted(self) -> bool: ...
+
+    def evict(self, reason: CloseReason) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFigures:
+    """What the broker holds now, by kind, as its source reports it."""
+
+    retained: int = 0  # history bytes of every topic
+    mailboxes: int = 0  # payload bytes waiting in topic mailboxes
+    queued: int = 0  # bytes queued in connections' outboxes
+    topics: int = 0
+    connections: int = 0
+
+    @property
+    def used(self) -> int:
+        return (
+            self.retained + self.mailboxes + self.queued
+            + self.topics * TOPIC_BYTES + self.connections * CONNECTION_BYTES
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStatistics:
+    """The budget's last look: figures, verdict, and what it has done so far."""
+
+    budget: int  # 0: no budget
+    used: int
+    figures: MemoryFigures
+    overloaded: bool
+    shed: int  # subscribers closed to get under the budget, since start
+    refused: int  # publishes and topic creations refused while overloaded, since start
+    rss: int  # the process's resident memory, for information
+
+    def view(self) -> dict[str, int | bool]:
+        """The figures as `/readyz` shows them."""
+        f = self.figures
+        return {
+            "budget_bytes": self.budget, "used_bytes": self.used, "rss_bytes": self.rss,
+            "retained_bytes": f.retained, "mailbox_bytes": f.mailboxes,
+            "outbox_bytes": f.queued, "topics": f.topics, "connections": f.connections,
+            "shed": self.shed, "refused": self.refused,
+        }
+
+
+class MemoryBudget:
+    """See the module docstring. `overloaded` is read by the publish path; `sample` (run
+    by `run` every `SAMPLE_SECONDS`, or called directly) updates it and sheds."""
+
+    def __init__(
+        self,
+        budget: int,
+        measure: Callable[[], MemoryFigures],
+        subscribers: Callable[[], Iterable[Sheddable]],
+    ) -> None:
+        self.budget = budget
+        self._measure = measure
+        self._subscribers = subscribers
+        self.overloaded = False
+        self.shed = 0
+        self.refused = 0
+        self._last = MemoryFigures()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Look every `SAMPLE_SECONDS` for ever (a budget of 0 never looks: no budget)."""
+        task_status.started()
+        if not self.budget:
+            await trio.sleep_forever()
+        while True:
+            self.sample()
+            await trio.sleep(SAMPLE_SECONDS)
+
+    def sample(self) -> MemoryFigures:
+        """Measure; turn overloaded at the budget and back under `LOW_WATER` of it; over
+        the budget, shed the subscribers with the most queued until under `LOW_WATER`."""
+        figures = self._last = self._measure()
+        budget = self.budget
+        if not budget:
+            return figures
+        used = figures.used
+        low_water = int(budget * LOW_WATER)
+        if used >= budget:
+            if not self.overloaded:
+                log.warning(
+                    "memory budget reached: %d of %d bytes used; refusing publishes",
+                    used, budget,
+                )
+            self.overloaded = True
+            self._shed(used - low_water)
+        elif used < low_water and self.overloaded:
+            self.overloaded = False
+            log.warning("memory back under the budget: %d of %d bytes used", used, budget)
+        return figures
+
+    def _shed(self, excess: int) -> None:
+        """Close subscribers, most queued first, until `excess` bytes are on their way out.
+
+        Bytes of subscribers already shed (still closing, within `close_timeout`) count as
+        on their way out, so a subscriber is not shed for memory that is being released.
+        """
+        candidates = []
+        for subscriber in self._subscribers():
+            queued = subscriber.queued_bytes
+            if subscriber.evicted:
+                excess -= queued
+            elif queued >= SHED_FLOOR_BYTES:
+                candidates.append((queued, subscriber))
+        if excess <= 0 or not candidates:
+            return
+        candidates.sort(key=lambda candidate: candidate[0], reverse=True)
+        for queued, subscriber in candidates:
+            subscriber.evict(CloseReason.SLOW_CONSUMER)
+            self.shed += 1
+            log.warning(
+                "memory budget: shedding a subscriber holding %d queued bytes (4008)", queued
+            )
+            excess -= queued
+            if excess <= 0:
+                return
+
+    def refusing(self) -> None:
+        """Count one request refused because the broker is overloaded."""
+        self.refused += 1
+
+    def statistics(self) -> MemoryStatistics:
+        figures = self._last
+        return MemoryStatistics(
+            budget=self.budget, used=figures.used, figures=figures,
+            overloaded=self.overloaded, shed=self.shed, refused=self.refused,
+            rss=process_rss(),
+        )
+
+
+__all__ = [
+    "CONNECTION_BYTES",
+    "LOW_WATER",
+    "SAMPLE_SECONDS",
+    "SHED_FLOOR_BYTES",
+    "TOPIC_BYTES",
+    "MemoryBudget",
+    "MemoryFigures",
+    "MemoryStatistics",
+    "Sheddable",
+    "default_max_memory",
+    "machine_memory",
+    "process_rss",
+]

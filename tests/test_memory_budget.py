@@ -1,0 +1,229 @@
+"""`MemoryBudget` against a fake usage source (autojump clock), and the broker's accounting
+and refusals in-process: `max_memory` reached means publishes and new topics are refused
+`overloaded`, the largest slow consumers are shed, and it all lifts once usage falls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio.testing
+
+from broker import (
+    CloseReason,
+    Outbox,
+    Overloaded,
+    Settings,
+    Subscriber,
+    TopicSettings,
+    load_settings,
+    open_broker,
+)
+from broker.memory_budget import (
+    LOW_WATER,
+    SAMPLE_SECONDS,
+    SHED_FLOOR_BYTES,
+    TOPIC_BYTES,
+    MemoryBudget,
+    MemoryFigures,
+    default_max_memory,
+    machine_memory,
+)
+from broker.settings import SettingsError
+
+from .conftest import paused_topic
+
+BUDGET = 1_000_000
+
+
+@dataclass
+class FakeSubscriber:
+    """What shedding sees of a subscriber: bytes queued, and whether it was evicted."""
+
+    queued_bytes: int
+    evicted: bool = False
+    reason: CloseReason | None = None
+
+    def evict(self, reason: CloseReason) -> None:
+        self.evicted = True
+        self.reason = reason
+
+
+class FakeUsage:
+    """A usage source the test sets: `retained` bytes, plus its subscribers' queues."""
+
+    def __init__(self) -> None:
+        self.retained = 0
+        self.subscribers: list[FakeSubscriber] = []
+        self.looks = 0
+
+    def measure(self) -> MemoryFigures:
+        self.looks += 1
+        live = [s for s in self.subscribers if not s.evicted]
+        return MemoryFigures(retained=self.retained, queued=sum(s.queued_bytes for s in live))
+
+    def budget(self, limit: int = BUDGET) -> MemoryBudget:
+        return MemoryBudget(limit, self.measure, lambda: self.subscribers)
+
+
+def test_overloaded_from_the_budget_until_usage_falls_under_the_low_water_mark() -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    usage.retained = BUDGET - 1
+    budget.sample()
+    assert not budget.overloaded
+    usage.retained = BUDGET
+    budget.sample()
+    assert budget.overloaded
+    usage.retained = int(BUDGET * LOW_WATER)  # under the budget, not under the low water
+    budget.sample()
+    assert budget.overloaded
+    usage.retained = int(BUDGET * LOW_WATER) - 1
+    budget.sample()
+    assert not budget.overloaded
+    assert budget.statistics().used == usage.retained
+
+
+def test_the_largest_queues_are_shed_first_until_under_the_low_water_mark() -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    small, large, larger = (FakeSubscriber(n) for n in (200_000, 300_000, 400_000))
+    keeping_up = FakeSubscriber(SHED_FLOOR_BYTES - 1)
+    usage.subscribers = [small, keeping_up, large, larger]
+    usage.retained = 150_000  # used: 1,113,999; the low water: 900,000
+    budget.sample()
+    # Shedding `larger` (400,000) gets under the low water: nobody else goes.
+    assert (larger.evicted, large.evicted, small.evicted, keeping_up.evicted) == (
+        True, False, False, False,
+    )
+    assert larger.reason is CloseReason.SLOW_CONSUMER
+    assert budget.shed == 1 and budget.overloaded
+
+
+def test_a_subscriber_already_shed_counts_as_released_and_is_not_shed_twice() -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    first, second = FakeSubscriber(600_000), FakeSubscriber(300_000)
+    usage.subscribers = [first, second]
+    usage.retained = 200_000
+    budget.sample()
+    assert first.evicted and not second.evicted
+    # Still closing (its queue is still held): the next look does not shed more for it.
+    usage.measure = lambda: MemoryFigures(retained=200_000, queued=900_000)  # type: ignore[method-assign]
+    budget.sample()
+    assert not second.evicted
+    assert budget.shed == 1
+
+
+def test_subscribers_that_keep_up_are_never_shed_even_over_the_budget() -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    readers = [FakeSubscriber(SHED_FLOOR_BYTES - 1) for _ in range(3)]
+    usage.subscribers = list(readers)
+    usage.retained = 2 * BUDGET
+    budget.sample()
+    assert budget.overloaded
+    assert not any(r.evicted for r in readers)
+
+
+def test_a_budget_of_zero_never_refuses_and_never_looks() -> None:
+    usage = FakeUsage()
+    budget = usage.budget(0)
+    usage.retained = 10**12
+    budget.sample()
+    assert not budget.overloaded
+    assert budget.statistics().budget == 0
+
+
+async def test_the_budget_looks_every_sample_period_on_its_own(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(budget.run)
+        usage.retained = BUDGET
+        await trio.sleep(SAMPLE_SECONDS * 1.5)  # the autojump clock: no real wait
+        assert budget.overloaded
+        looks = usage.looks
+        await trio.sleep(SAMPLE_SECONDS * 10)
+        assert 9 <= usage.looks - looks <= 11
+        usage.retained = 0
+        await trio.sleep(SAMPLE_SECONDS * 1.5)
+        assert not budget.overloaded
+        nursery.cancel_scope.cancel()
+
+
+def test_max_memory_defaults_to_half_the_machines_memory_and_is_a_setting() -> None:
+    assert machine_memory() > 0  # Linux: /proc/meminfo
+    assert default_max_memory() == machine_memory() // 2
+    assert Settings().max_memory == default_max_memory()
+    assert load_settings(environ={"BROKER_MAX_MEMORY": "0"}).max_memory == 0
+    assert load_settings({"max_memory": "123456"}, environ={}).max_memory == 123456
+    with pytest.raises(SettingsError):
+        load_settings({"max_memory": "-1"}, environ={})
+
+
+# -- the broker's own accounting and refusals (in-process, no sockets) -----------------------
+
+SMALL = Settings(topic_idle_seconds=0, max_memory=BUDGET)
+
+
+async def test_retained_history_bytes_are_counted_as_topics_keep_and_evict_them() -> None:
+    settings = Settings(
+        topic_idle_seconds=0, max_memory=BUDGET, topic_defaults=TopicSettings(history_messages=2)
+    )
+    async with open_broker(settings) as broker:
+        for size in (100, 200, 300):
+            await broker.publish("a", broker.payload(b"x" * size, None))
+        await broker.publish("b", broker.payload(b"y" * 50, None))
+        figures = broker.memory_figures()
+        assert figures.retained == 200 + 300 + 50  # "a" keeps its last two
+        assert figures.topics == 2
+        assert figures.used == 550 + 2 * TOPIC_BYTES
+
+
+async def test_payloads_waiting_in_a_mailbox_are_counted_until_the_topic_takes_them() -> None:
+    async with open_broker(SMALL) as broker:
+        resume = await paused_topic(broker)
+        assert broker.publish_soon("t", broker.payload(b"z" * 1000, None), lambda _: None)
+        assert broker.memory_figures().mailboxes == 1000
+        resume.set()
+        await broker.flush()
+        assert broker.memory_figures().mailboxes == 0
+
+
+async def test_at_the_budget_publishes_and_new_topics_are_refused_overloaded() -> None:
+    async with open_broker(SMALL) as broker:
+        await broker.publish("big", broker.payload(b"x" * BUDGET, None))
+        broker.memory.sample()
+        assert broker.memory.overloaded
+        with pytest.raises(Overloaded):
+            await broker.publish("big", broker.payload(b"y", None))
+        with pytest.raises(Overloaded):
+            broker.publish_soon("big", broker.payload(b"y", None), lambda _: None)
+        with pytest.raises(Overloaded):
+            await broker.publish_many([("other", broker.payload(b"y", None))])
+        outbox = Outbox(10, lambda m: m.data, broker.counters)
+        subscriber = Subscriber(1, "c", outbox, lambda reason: None)
+        with pytest.raises(Overloaded):
+            await broker.subscribe(subscriber, "new.topic")  # a new topic costs memory
+        await broker.subscribe(subscriber, "big")  # an existing one is fine
+        assert broker.counters.publish_rejections["overloaded"] == 3
+        assert broker.memory.statistics().refused == 4
+        assert (await broker.history("big", 0, 10)).next_offset == 1  # nothing more taken
+
+
+async def test_once_usage_falls_publishes_are_accepted_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    settings = Settings(topic_idle_seconds=5, max_memory=BUDGET)
+    async with open_broker(settings) as broker:
+        await broker.publish("big", broker.payload(b"x" * BUDGET, None))
+        await trio.sleep(SAMPLE_SECONDS * 1.5)  # the budget's own look (autojump clock)
+        assert broker.memory.overloaded
+        await trio.sleep(15)  # the idle topic is reaped with its history: memory released
+        assert broker.memory_figures().retained == 0
+        assert not broker.memory.overloaded
+        assert await broker.publish("big", broker.payload(b"y", None)) == 0
