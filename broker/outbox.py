@@ -43,6 +43,9 @@ from .metrics import BrokerCounters
 
 # How far past its capacity an outbox may grow during a slow consumer's grace period.
 GRACE_FACTOR = 2
+# `queued_bytes` bound of an outbox made without one (tests); connections pass
+# `Settings.outbox_bytes`.
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 # Most bytes one flush joins and writes; past that, the writer task sends the rest in
 # bounded batches (a large replay must not build one huge buffer here).
 FLUSH_MAX_BYTES = 256 * 1024
@@ -93,18 +96,34 @@ class Burst:
         return data
 
 
+def _size(item: object, render: Callable[[Message], bytes]) -> int:
+    """Bytes an outbox item holds for its connection (see `Outbox.queued_bytes`); for
+    the slow paths (the message paths count inline)."""
+    kind = type(item)
+    if kind is Message:
+        return len(item.rendered(render))  # type: ignore[attr-defined]
+    if kind is ControlFrame:
+        return len(item.data)  # type: ignore[attr-defined]
+    if kind is bytes or kind is memoryview:
+        return len(item)  # type: ignore[arg-type]
+    return 0
+
+
 class Outbox:
     """See the module docstring. Owned by one connection; topics hold a reference."""
 
     __slots__ = (
+        "_bytes",
         "_capacity",
         "_closed",
         "_counters",
         "_gaps",
         "_items",
+        "_max_bytes",
         "_over_since",
         "_render",
         "_room",
+        "_taken_bytes",
         "_wake_writer",
         "_write_now",
         "_writer",
@@ -118,10 +137,18 @@ class Outbox:
         counters: BrokerCounters,
         write_now: Callable[[bytes], int] | None = None,
         wake_writer: Callable[[], None] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        if capacity < 1:
-            raise ValueError("an outbox needs a capacity of at least 1")
+        """`capacity` (items) and `max_bytes` (`queued_bytes`) bound the queue: an offer
+        past either is FULL (an empty outbox takes any one frame, so no message is
+        undeliverable)."""
+        if capacity < 1 or max_bytes < 1:
+            raise ValueError("an outbox needs a capacity of at least 1 item and 1 byte")
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        # `queued_bytes`: kept up to date by every change to `_items` (O(1) each).
+        self._bytes = 0
+        self._taken_bytes = 0  # of the batch the writer took and has not written yet
         self._render = render
         self._counters = counters
         self._write_now = write_now
@@ -152,9 +179,13 @@ class Outbox:
         if self._closed:
             return Offer.CLOSED
         items = self._items
-        if len(items) >= self._capacity:
+        # Rendered now, not at the write: its size is counted exactly, and the frame is
+        # made once per message per wire format either way (cached on the message).
+        size = len(message.rendered(self._render))
+        if len(items) >= self._capacity or (self._bytes + size > self._max_bytes and items):
             return Offer.FULL
         items.append(message)
+        self._bytes += size
         if lone:
             self.flush()
             if self._closed:
@@ -186,6 +217,7 @@ class Outbox:
                 return
             if sent == len(data):
                 items.clear()
+                self._bytes -= sent
                 self._counters.delivered += len(burst.messages)
                 if self._room:
                     self._room.unpark_all()
@@ -250,6 +282,7 @@ class Outbox:
         drop the written items, keep the rest of a begun frame as bytes, wake the writer.
         Written message frames count as delivered; `replies` (indexes) do not."""
         items = self._items
+        self._bytes -= sent
         done = written = 0
         for frame in frames:
             if written + len(frame) > sent:
@@ -277,38 +310,62 @@ class Outbox:
             self._over_since = now
         elif now - self._over_since > grace:
             return Offer.FULL
-        if len(self._items) >= self._capacity * GRACE_FACTOR:
+        size = len(message.rendered(self._render))
+        if (
+            len(self._items) >= self._capacity * GRACE_FACTOR
+            or self._bytes + size > self._max_bytes * GRACE_FACTOR
+        ):
             return Offer.FULL
         self._items.append(message)
+        self._bytes += size
         self._wake()
         return Offer.ACCEPTED
 
     def drop_oldest(self, message: Message) -> None:
-        """Make room for `message` by dropping the oldest queued message of its topic, or
-        skip `message` itself if none is queued; either way a `Gap` is reported before the
-        topic's next message. Only this topic's frames are touched: other topics' promises
-        hold. Called by a topic whose `offer` answered FULL (so this is the slow path)."""
+        """Make room for `message` by dropping the oldest queued messages of its topic
+        (as many as it takes to fit `outbox_size` and `outbox_bytes`), or skip `message`
+        itself if that is not enough; either way a `Gap` is reported before the topic's
+        next message. Only this topic's frames are touched: other topics' promises hold.
+        Called by a topic whose `offer` answered FULL (so this is the slow path)."""
         items = self._items
-        dropped = message
-        for index, item in enumerate(items):
-            if type(item) is Message and item.topic == message.topic:  # type: ignore[attr-defined]
-                dropped = item  # type: ignore[assignment]
-                del items[index]
-                items.append(message)
-                break
-        gap = self._gaps.get(message.topic)
-        if gap is None:
-            self._gaps[message.topic] = Gap(message.topic, 1, dropped.offset, dropped.offset)
-        else:
-            gap.skipped += 1
-            gap.first = min(gap.first, dropped.offset)
-            gap.last = max(gap.last, dropped.offset)
-        self._counters.dropped += 1
+        render = self._render
+        size = len(message.rendered(render))
+        topic = message.topic
+        index = 0
+        while len(items) >= self._capacity or (self._bytes + size > self._max_bytes and items):
+            for index in range(index, len(items)):  # noqa: B020 (resumes where it stopped)
+                item = items[index]
+                if type(item) is Message and item.topic == topic:  # type: ignore[attr-defined]
+                    break
+            else:
+                self._dropped(message)  # nothing more of this topic to drop: skip it
+                self._wake()
+                return
+            del items[index]
+            self._bytes -= len(item.rendered(render))  # type: ignore[attr-defined]
+            self._dropped(item)  # type: ignore[arg-type]
+        items.append(message)
+        self._bytes += size
         self._wake()
 
+    def _dropped(self, message: Message) -> None:
+        """Count `message` as dropped, in its topic's pending `Gap`."""
+        gap = self._gaps.get(message.topic)
+        if gap is None:
+            self._gaps[message.topic] = Gap(message.topic, 1, message.offset, message.offset)
+        else:
+            gap.skipped += 1
+            gap.first = min(gap.first, message.offset)
+            gap.last = max(gap.last, message.offset)
+        self._counters.dropped += 1
+
     async def wait_room(self) -> None:
-        """Wait until an offer would not be FULL (or the outbox is closed): `block` policy."""
-        while len(self._items) >= self._capacity and not self._closed:
+        """Wait until an offer would not be FULL (or the outbox is closed): `block` policy.
+        Room in bytes means below `outbox_bytes` (a bigger frame may still be FULL: the
+        caller waits again, and an empty outbox takes any frame)."""
+        while (
+            len(self._items) >= self._capacity or self._bytes >= self._max_bytes
+        ) and not self._closed:
             await self._room_lot().park()
 
     def offer_control(self, item: object) -> Offer:
@@ -318,6 +375,7 @@ class Outbox:
         if len(self._items) >= self._capacity:
             return Offer.FULL
         self._items.append(item)
+        self._bytes += _size(item, self._render)
         self._wake()
         return Offer.ACCEPTED
 
@@ -339,15 +397,18 @@ class Outbox:
         items = self._items
         if more:
             items.append(ControlFrame(frame))
+            self._bytes += len(frame)
             return
         write_now = self._write_now
         if items or self._writing or write_now is None or self._gaps:
             items.append(ControlFrame(frame))
+            self._bytes += len(frame)
             self.flush()
             return
         sent = self._write(write_now, frame)
         if sent is not None and sent < len(frame):
             items.append(ControlFrame(frame[sent:]))  # the rest goes before anything else
+            self._bytes += len(frame) - sent
             self._wake()
 
     # -- the connection's side ---------------------------------------------------------------
@@ -361,6 +422,7 @@ class Outbox:
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
         self._items.append(item)
+        self._bytes += _size(item, self._render)
         self.flush()  # a reply goes out now if nothing is in flight: no writer wake
 
     async def take(self, max_items: int) -> list[object]:
@@ -383,6 +445,9 @@ class Outbox:
             items.clear()
         else:
             batch = [items.popleft() for _ in range(max_items)]
+        # Still this connection's until written: counted until `written`.
+        self._taken_bytes = taken = sum(_size(item, self._render) for item in batch)
+        self._bytes -= taken
         if self._room:
             self._room.unpark_all()
         if self._gaps:
@@ -402,6 +467,15 @@ class Outbox:
     def written(self) -> None:
         """The batch from `take` is on the socket: fast-path writes may resume."""
         self._writing = False
+        self._taken_bytes = 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes this outbox holds for its connection: every queued frame (a message's
+        frame in this outbox's wire format, rendered when offered), the rest of a begun
+        frame, and a batch the writer took and has not written yet. Gap reports (a few
+        dozen bytes per topic) are not counted. Kept up to date per change, O(1)."""
+        return self._bytes + self._taken_bytes
 
     def render(self, message: Message) -> bytes:
         return message.rendered(self._render)

@@ -61,6 +61,10 @@ class Settings:
     publish_timeout: float = 1.0
     # Frames queued per WebSocket connection: past this, the slow-consumer policy applies.
     outbox_size: int = 4096
+    # Bytes of frames queued per WebSocket connection (`Outbox.queued_bytes`): past this,
+    # the slow-consumer policy applies too. 8 MiB = 4096 frames of 2 KiB, so small messages
+    # meet `outbox_size` first and big ones this (eight of the largest payloads by default).
+    outbox_bytes: int = 8 * 1024 * 1024
     # Seconds a slow consumer's last write may take before the socket is just dropped.
     close_timeout: float = 2.0
     # Subscriptions one connection may hold; topics the broker may hold.
@@ -214,8 +218,8 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
-    positive = ("max_payload_bytes", "max_body_bytes", "outbox_size", "max_subscriptions",
-                "max_topics")
+    positive = ("max_payload_bytes", "max_body_bytes", "outbox_size", "outbox_bytes",
+                "max_subscriptions", "max_topics")
     for name in positive:
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1")

@@ -230,7 +230,7 @@ class WebSocketConnection:
         self._capacity = settings.outbox_size
         self.outbox = Outbox(
             settings.outbox_size, RENDERERS[wire_format], broker.counters, sock.send,
-            self._wake_up,
+            self._wake_up, settings.outbox_bytes,
         )
         self.subscriber = Subscriber(self.id, accept.client, self.outbox, self.evict)
         self._patterns: set[str] = set()

@@ -344,3 +344,61 @@ async def test_wait_room_returns_once_the_writer_takes_a_batch(
         await trio.sleep(5)
         assert len(outbox) == 1  # still waiting: nothing was taken
         await drain(outbox)
+
+
+async def test_queued_bytes_counts_frames_queued_and_the_rest_of_a_begun_frame() -> None:
+    sock = FakeSocket(room=2)
+    outbox = Outbox(8, render, BrokerCounters(), sock.write)
+    assert outbox.queued_bytes == 0
+    outbox.offer(message(10))  # "<1" written, "0>" left
+    assert outbox.queued_bytes == 2
+    outbox.offer(message(2), lone=False)
+    outbox.answer(b"ok")
+    assert outbox.queued_bytes == 2 + 3 + 2
+    sock.room = 1 << 20
+    outbox.flush()
+    assert outbox.queued_bytes == 0 and sock.written == b"<10><2>ok"
+
+
+async def test_queued_bytes_follows_drops_and_the_writers_batches() -> None:
+    outbox = Outbox(2, render, BrokerCounters())
+    outbox.offer(message(0, "a"))
+    outbox.offer(message(1, "a"))
+    assert outbox.queued_bytes == 6
+    outbox.drop_oldest(message(22, "a"))
+    assert outbox.queued_bytes == 3 + 4
+    assert outbox.offer_control(ControlFrame(b"x")) is Offer.FULL
+    batch = await outbox.take(10)
+    assert outbox.queued_bytes == 7  # taken, not yet written: still held
+    outbox.written()
+    assert len(batch) == 3 and outbox.queued_bytes == 0
+
+
+async def test_an_offer_past_outbox_bytes_is_full_but_an_empty_outbox_takes_any_frame(
+) -> None:
+    outbox = Outbox(100, render, BrokerCounters(), max_bytes=8)
+    big = Message("t", 0, b"x" * 20, "text/plain", PayloadKind.TEXT, 0.0)
+    assert outbox.offer(big) is Offer.ACCEPTED  # alone: never undeliverable
+    assert outbox.offer(message(1)) is Offer.FULL
+    await drain(outbox)
+    assert outbox.offer(message(1)) is Offer.ACCEPTED
+    assert outbox.offer(message(2)) is Offer.ACCEPTED
+    assert outbox.offer(message(3)) is Offer.FULL  # 3 + 3 + 3 > 8
+    assert outbox.offer_in_grace(message(3), 0.0, 1.0) is Offer.ACCEPTED  # up to 2 x 8
+    assert outbox.offer_in_grace(message(4), 0.5, 1.0) is Offer.ACCEPTED
+    assert outbox.offer_in_grace(message(5), 0.6, 1.0) is Offer.ACCEPTED
+    assert outbox.queued_bytes == 15
+    assert outbox.offer_in_grace(message(6), 0.7, 1.0) is Offer.FULL
+
+
+async def test_drop_oldest_drops_as_many_of_the_topic_as_a_big_frame_needs() -> None:
+    counters = BrokerCounters()
+    outbox = Outbox(100, render, counters, max_bytes=11)
+    for n in range(3):
+        outbox.offer(message(n, "a"))
+    big = Message("a", 3, b"x" * 6, "text/plain", PayloadKind.TEXT, 0.0)
+    assert outbox.offer(big) is Offer.FULL
+    outbox.drop_oldest(big)  # 9 + 8 bytes: two of "a" must go (3 + 8 fits 11)
+    assert counters.dropped == 2 and outbox.queued_bytes == 3 + 8
+    batch = await outbox.take(10)
+    assert batch[0] == Gap("a", 2, 0, 1)
