@@ -14,12 +14,12 @@ accounted figure falls as soon as what it counts is released (a shed subscriber,
 reaped topic), and it is what the broker can act on. RSS is shown beside it, for
 information (`/readyz`, `process_resident_memory_bytes`).
 
-When `used` reaches the budget the broker is *overloaded*: publishes and topic creations
-are refused (`Overloaded`, 503), and the subscribers with the most bytes queued are shed
-(closed with 4008, largest first) until what remains is under `LOW_WATER` of the budget.
-It stays overloaded until `used` falls under `LOW_WATER` (hysteresis: no flapping at the
-edge). The publish path pays one attribute read (`overloaded`); the sums are taken here,
-every `SAMPLE_SECONDS`, not per publish.
+When `used` reaches the budget, the subscribers with the most bytes queued are shed first
+(closed with 4008, largest first) until what remains is under `LOW_WATER` of the budget;
+if what cannot be shed still reaches the budget, the broker is *overloaded*: publishes
+and topic creations are refused (`Overloaded`, 503) until it falls under `LOW_WATER`
+(hysteresis: no flapping at the edge). The publish path pays one attribute read
+(`overloaded`); the sums are taken here, every `SAMPLE_SECONDS`, not per publish.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ class MemoryStatistics:
 
     budget: int  # 0: no budget
     used: int
+    releasing: int  # of `used`: queues of shed subscribers, still closing
     figures: MemoryFigures
     overloaded: bool
     shed: int  # subscribers closed to get under the budget, since start
@@ -135,7 +136,8 @@ class MemoryStatistics:
         """The figures as `/readyz` shows them."""
         f = self.figures
         return {
-            "budget_bytes": self.budget, "used_bytes": self.used, "rss_bytes": self.rss,
+            "budget_bytes": self.budget, "used_bytes": self.used,
+            "releasing_bytes": self.releasing, "rss_bytes": self.rss,
             "retained_bytes": f.retained, "mailbox_bytes": f.mailboxes,
             "outbox_bytes": f.queued, "topics": f.topics, "connections": f.connections,
             "shed": self.shed, "refused": self.refused,
@@ -158,6 +160,8 @@ class MemoryBudget:
         self.overloaded = False
         self.shed = 0
         self.refused = 0
+        # Bytes in `used` held by subscribers shed and still closing, at the last look.
+        self.releasing = 0
         self._last = MemoryFigures()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -170,42 +174,49 @@ class MemoryBudget:
             await trio.sleep(SAMPLE_SECONDS)
 
     def sample(self) -> MemoryFigures:
-        """Measure; turn overloaded at the budget and back under `LOW_WATER` of it; over
-        the budget, shed the subscribers with the most queued until under `LOW_WATER`."""
+        """Measure; over the budget, shed the subscribers with the most queued until what
+        is left is under `LOW_WATER` of it; then overloaded if still at the budget, and
+        until under `LOW_WATER` (hysteresis).
+
+        The queues of subscribers being shed (closing, within `close_timeout`) still count
+        in `used`, but not in that verdict: they are on their way out, so shedding is the
+        first resort and refusing publishes the last (what cannot be shed: history, queued
+        publishes, topics)."""
         figures = self._last = self._measure()
         budget = self.budget
         if not budget:
             return figures
         used = figures.used
         low_water = int(budget * LOW_WATER)
-        if used >= budget:
+        held = used
+        if used >= low_water:
+            held = used - self._shed(used, budget, low_water)
+        if held >= budget:
             if not self.overloaded:
                 log.warning(
-                    "memory budget reached: %d of %d bytes used; refusing publishes",
-                    used, budget,
+                    "memory budget reached: %d of %d bytes held; refusing publishes",
+                    held, budget,
                 )
             self.overloaded = True
-            self._shed(used - low_water)
-        elif used < low_water and self.overloaded:
+        elif held < low_water and self.overloaded:
             self.overloaded = False
-            log.warning("memory back under the budget: %d of %d bytes used", used, budget)
+            log.warning("memory back under the budget: %d of %d bytes held", held, budget)
+        self.releasing = used - held
         return figures
 
-    def _shed(self, excess: int) -> None:
-        """Close subscribers, most queued first, until `excess` bytes are on their way out.
-
-        Bytes of subscribers already shed (still closing, within `close_timeout`) count as
-        on their way out, so a subscriber is not shed for memory that is being released.
-        """
+    def _shed(self, used: int, budget: int, low_water: int) -> int:
+        """If what is held reaches `budget`, close subscribers, most queued first, until it
+        is under `low_water`; the bytes on their way out (those shed now and before)."""
+        releasing = 0
         candidates = []
         for subscriber in self._subscribers():
             queued = subscriber.queued_bytes
             if subscriber.evicted:
-                excess -= queued
+                releasing += queued
             elif queued >= SHED_FLOOR_BYTES:
                 candidates.append((queued, subscriber))
-        if excess <= 0 or not candidates:
-            return
+        if used - releasing < budget or not candidates:
+            return releasing
         candidates.sort(key=lambda candidate: candidate[0], reverse=True)
         for queued, subscriber in candidates:
             subscriber.evict(CloseReason.SLOW_CONSUMER)
@@ -213,9 +224,10 @@ class MemoryBudget:
             log.warning(
                 "memory budget: shedding a subscriber holding %d queued bytes (4008)", queued
             )
-            excess -= queued
-            if excess <= 0:
-                return
+            releasing += queued
+            if used - releasing < low_water:
+                break
+        return releasing
 
     def refusing(self) -> None:
         """Count one request refused because the broker is overloaded."""
@@ -224,7 +236,7 @@ class MemoryBudget:
     def statistics(self) -> MemoryStatistics:
         figures = self._last
         return MemoryStatistics(
-            budget=self.budget, used=figures.used, figures=figures,
+            budget=self.budget, used=figures.used, releasing=self.releasing, figures=figures,
             overloaded=self.overloaded, shed=self.shed, refused=self.refused,
             rss=process_rss(),
         )

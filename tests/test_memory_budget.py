@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -32,7 +33,8 @@ from broker.memory_budget import (
 )
 from broker.settings import SettingsError
 
-from .conftest import paused_topic
+from .conftest import TIMEOUT, StartBroker, paused_topic, receive, request, wait_until, websocket
+from .rawws import RawWebSocket
 
 BUDGET = 1_000_000
 
@@ -59,9 +61,10 @@ class FakeUsage:
         self.looks = 0
 
     def measure(self) -> MemoryFigures:
+        """A shed subscriber's queue counts until it is gone from `subscribers`."""
         self.looks += 1
-        live = [s for s in self.subscribers if not s.evicted]
-        return MemoryFigures(retained=self.retained, queued=sum(s.queued_bytes for s in live))
+        queued = sum(s.queued_bytes for s in self.subscribers)
+        return MemoryFigures(retained=self.retained, queued=queued)
 
     def budget(self, limit: int = BUDGET) -> MemoryBudget:
         return MemoryBudget(limit, self.measure, lambda: self.subscribers)
@@ -98,10 +101,13 @@ def test_the_largest_queues_are_shed_first_until_under_the_low_water_mark() -> N
         True, False, False, False,
     )
     assert larger.reason is CloseReason.SLOW_CONSUMER
-    assert budget.shed == 1 and budget.overloaded
+    assert budget.shed == 1
+    # Shedding was enough: its queue is on its way out, so publishes are not refused.
+    assert not budget.overloaded
+    assert budget.statistics().releasing == 400_000
 
 
-def test_a_subscriber_already_shed_counts_as_released_and_is_not_shed_twice() -> None:
+def test_a_subscriber_already_shed_is_not_shed_twice_nor_others_for_its_bytes() -> None:
     usage = FakeUsage()
     budget = usage.budget()
     first, second = FakeSubscriber(600_000), FakeSubscriber(300_000)
@@ -109,11 +115,22 @@ def test_a_subscriber_already_shed_counts_as_released_and_is_not_shed_twice() ->
     usage.retained = 200_000
     budget.sample()
     assert first.evicted and not second.evicted
-    # Still closing (its queue is still held): the next look does not shed more for it.
-    usage.measure = lambda: MemoryFigures(retained=200_000, queued=900_000)  # type: ignore[method-assign]
-    budget.sample()
-    assert not second.evicted
+    budget.sample()  # still closing, its queue still held and counted in `used`
+    assert not second.evicted and not budget.overloaded
     assert budget.shed == 1
+    usage.subscribers.remove(first)  # gone: released
+    budget.sample()
+    assert budget.statistics().releasing == 0 and budget.statistics().used == 500_000
+
+
+def test_when_shedding_is_not_enough_publishes_are_refused() -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    slow = FakeSubscriber(200_000)
+    usage.subscribers = [slow]
+    usage.retained = BUDGET  # history: nothing to shed there
+    budget.sample()
+    assert slow.evicted and budget.overloaded
 
 
 def test_subscribers_that_keep_up_are_never_shed_even_over_the_budget() -> None:
@@ -227,3 +244,103 @@ async def test_once_usage_falls_publishes_are_accepted_again(
         assert broker.memory_figures().retained == 0
         assert not broker.memory.overloaded
         assert await broker.publish("big", broker.payload(b"y", None)) == 0
+
+
+# -- a real server: HTTP, WebSocket, /readyz, /metrics --------------------------------------
+
+PAYLOAD = b"x" * 64_000
+
+
+def metric(text: str, name: str) -> float:
+    """The value of sample `name` (with its labels, if any) in a Prometheus text page."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def test_overloaded_refuses_http_and_websocket_publishes_and_readyz_says_why(
+    start_broker: StartBroker,
+) -> None:
+    running = await start_broker(max_memory=BUDGET, topic_idle_seconds=0.3)
+    broker = running.broker
+    async with httpx.AsyncClient(base_url=running.http_url, timeout=TIMEOUT) as http, \
+            websocket(running, "client=publisher") as ws:
+        assert (await http.post("/v1/topics/big", content=b"x" * BUDGET)).status_code == 202
+        broker.memory.sample()  # what the budget's actor does every SAMPLE_SECONDS
+
+        single = await http.post("/v1/topics/big", content=b"y")
+        assert single.status_code == 503
+        assert single.headers["retry-after"] == "1"
+        assert single.json()["error"]["code"] == "overloaded"
+        bulk = await http.post("/v1/publish", json={"messages": [{"topic": "c", "data": 1}]})
+        assert (bulk.status_code, bulk.headers["retry-after"]) == (503, "1")
+        assert bulk.json()["error"]["code"] == "overloaded"
+        # The broker's state, not the client's fault: not counted towards the 1008 close.
+        for n in range(12):
+            frame = await request(ws, op="publish", topic="big", data=n, id=n)
+            assert (frame["op"], frame["code"], frame["id"]) == ("error", "overloaded", n)
+        assert (await request(ws, op="ping", id="still open"))["op"] == "ok"
+
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["status"] == "overloaded"
+        assert body["memory"]["budget_bytes"] == BUDGET
+        assert body["memory"]["used_bytes"] >= BUDGET
+        assert body["memory"]["retained_bytes"] == BUDGET
+        metrics = (await http.get("/metrics")).text
+        assert metric(metrics, "broker_memory_budget_bytes") == BUDGET
+        assert metric(metrics, "broker_memory_used_bytes") >= BUDGET
+        assert metric(metrics, "broker_memory_overloaded") == 1
+        assert metric(metrics, "broker_memory_refusals_total") == 14
+        assert metric(metrics, 'broker_publish_rejections_total{code="overloaded"}') == 14
+
+        # The idle topic is reaped with its history: usage falls and publishing resumes.
+        async def ready_again() -> bool:
+            return (await http.get("/readyz")).status_code == 200
+
+        await wait_until(ready_again)
+        assert (await http.post("/v1/topics/big", content=b"y")).status_code == 202
+        assert (await request(ws, op="publish", topic="big", data=1, id="a"))["op"] == "ok"
+        assert metric((await http.get("/metrics")).text, "broker_memory_overloaded") == 0
+
+
+async def test_the_largest_stalled_subscriber_is_shed_first_and_a_reader_keeps_reading(
+    start_broker: StartBroker,
+) -> None:
+    budget = 6 * 1024 * 1024
+    running = await start_broker(
+        max_memory=budget,
+        outbox_bytes=64 * 1024 * 1024,  # so the slow-consumer policy leaves this to the budget
+        topic_idle_seconds=0,
+        topic_defaults=TopicSettings(history_messages=0, slow_consumer_grace=60.0),
+    )
+    broker = running.broker
+    port = running.addresses.ws_port
+    big = await RawWebSocket.connect(port, "/v1/ws?topic=a&client=big", receive_buffer=4096)
+    small = await RawWebSocket.connect(port, "/v1/ws?topic=b&client=small", receive_buffer=4096)
+    async with websocket(running, "topic=a&topic=b&client=reader") as reader:
+        await request(reader, op="ping", id=0)
+        received = 0
+        for topic, count in (("a", 120), ("b", 40)):  # a: 7.7 MB; b: 2.6 MB
+            for _ in range(count):
+                await broker.publish(topic, broker.payload(PAYLOAD, "text/plain"))
+                assert (await receive(reader))["topic"] == topic  # the reader keeps up
+                received += 1
+
+        frames, close = await big.read_until_close()  # shed: what it had is dropped, 4008
+        assert close is not None and close.close_code == 4008
+        assert len(frames) < 120
+
+        def client(name: str) -> Subscriber | None:
+            return next((s for s in broker.subscribers_now() if s.client == name), None)
+
+        survivor = client("small")
+        assert survivor is not None and not survivor.evicted
+        assert survivor.queued_bytes > SHED_FLOOR_BYTES  # stalled too, but smaller
+        assert broker.memory.shed == 1
+        assert await broker.publish("a", broker.payload(b"after", "text/plain")) >= 120
+        assert (await receive(reader))["data"] == "after"
+    await small.aclose()
+    await big.aclose()
