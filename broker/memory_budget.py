@@ -4,7 +4,7 @@ What is counted is the broker's own accounting, not the process's RSS:
 
     used = retained history bytes of every topic          (`BrokerCounters.retained_bytes`)
          + payload bytes waiting in topics' mailboxes     (`BrokerCounters.mailbox_bytes`)
-         + bytes queued in every connection's outbox      (`Outbox.queued_bytes`)
+         + QUEUED_FACTOR x bytes queued in every outbox   (`Outbox.queued_bytes`)
          + TOPIC_BYTES per topic + CONNECTION_BYTES per connection (measured, below)
 
 Why not RSS: CPython's allocator (pymalloc arenas, glibc's heap) rarely gives freed memory
@@ -14,16 +14,19 @@ accounted figure falls as soon as what it counts is released (a shed subscriber,
 reaped topic), and it is what the broker can act on. RSS is shown beside it, for
 information (`/readyz`, `process_resident_memory_bytes`).
 
-When `used` reaches the budget, the subscribers with the most bytes queued are shed first
-(closed with 4008, largest first) until what remains is under `LOW_WATER` of the budget;
-if what cannot be shed still reaches the budget, the broker is *overloaded*: publishes
-and topic creations are refused (`Overloaded`, 503) until it falls under `LOW_WATER`
-(hysteresis: no flapping at the edge). The publish path pays one attribute read
-(`overloaded`); the sums are taken here, every `SAMPLE_SECONDS`, not per publish.
+From `SHED_AT` (75%) of the budget, the subscribers with the most bytes queued are shed
+(closed with 4008, largest first) until what remains is under `SHED_TO` (65%); when `used`
+reaches the budget all the same (history, queued publishes and topics cannot be shed; or
+a flood outruns the shedding), the broker is *overloaded*: publishes and topic creations
+are refused (`Overloaded`, 503) until it falls under `LOW_WATER` (90%; hysteresis, no
+flapping at the edge). The publish path pays one attribute read (`overloaded`); the sums
+are taken here, every `SAMPLE_SECONDS`, not per publish.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -40,14 +43,30 @@ log = logging.getLogger("broker.memory")
 # How often usage is summed: reaction time against CPU (a look walks every connection:
 # ~1 ms for 10,000, so ~1% of a core at this rate).
 SAMPLE_SECONDS = 0.1
-# Overloaded from the budget down to this fraction of it; shedding aims under it too.
+# ... and from where shedding starts (`SHED_AT`): what arrives between two looks passes the
+# budget unseen (at 250 MB/s of publishes, 2.5 MB in 10 ms), so look often near it.
+NEAR_SAMPLE_SECONDS = 0.01
+# Overloaded (publishes refused) from the budget down to this fraction of it.
 LOW_WATER = 0.9
+# From this fraction of the budget the largest queues are shed, down to `SHED_TO`: early
+# enough that shed subscribers' queues are released (within `close_timeout`) before a
+# flood reaches the budget, unless it brings more than the headroom in that time.
+SHED_AT = 0.75
+SHED_TO = 0.65
 # What one idle topic costs (its actor's task, mailbox, history, directory entry), measured
 # with tracemalloc and RSS over 10,000 topics created in-process (README: Figures).
 TOPIC_BYTES = 6 * 1024
 # What one idle WebSocket connection costs (RSS per connection, `python -m benchmarks.idle`:
 # ~7 KiB), on top of the bytes its outbox queues.
 CONNECTION_BYTES = 8 * 1024
+# A frame queued for a subscriber pins its message, payload included, once history has
+# let go of it: counted as the frame twice (a JSON or text payload is about its frame's
+# size). Measured: 8 stalled subscribers flooded with 256 KiB text messages grew RSS by
+# 2.0 x their `queued_bytes` (`tests/test_attack_memory.py`).
+QUEUED_FACTOR = 2
+# When `used` has fallen by this fraction of the budget since its high point, the C heap
+# is trimmed (`give_back_memory`): RSS follows what the broker holds, not its past peak.
+TRIM_FRACTION = 0.25
 # A subscriber with less than this queued is keeping up (or nearly): never shed.
 SHED_FLOOR_BYTES = 64 * 1024
 # The default budget: this fraction of the machine's memory (or of the cgroup's limit).
@@ -79,6 +98,27 @@ def machine_memory() -> int:
 def default_max_memory() -> int:
     """`max_memory`'s default: half of `machine_memory()`, read when settings are built."""
     return int(machine_memory() * DEFAULT_FRACTION)
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's `malloc_trim(0)`, or None where there is none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
+def give_back_memory() -> None:
+    """Return the C heap's free pages to the OS (glibc keeps them otherwise: large payloads
+    come from its heap once it has freed one, and freed heap memory stays resident)."""
+    if _TRIM is not None:
+        _TRIM()
 
 
 def process_rss() -> int:
@@ -114,7 +154,7 @@ class MemoryFigures:
     @property
     def used(self) -> int:
         return (
-            self.retained + self.mailboxes + self.queued
+            self.retained + self.mailboxes + QUEUED_FACTOR * self.queued
             + self.topics * TOPIC_BYTES + self.connections * CONNECTION_BYTES
         )
 
@@ -163,69 +203,81 @@ class MemoryBudget:
         # Bytes in `used` held by subscribers shed and still closing, at the last look.
         self.releasing = 0
         self._last = MemoryFigures()
+        self._high = 0  # most `used` seen since the C heap was last trimmed
+        self._trim_due = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Look every `SAMPLE_SECONDS` for ever (a budget of 0 never looks: no budget)."""
+        """Look every `SAMPLE_SECONDS`, every `NEAR_SAMPLE_SECONDS` from where shedding
+        starts, for ever (a budget of 0 never looks: no budget)."""
         task_status.started()
         if not self.budget:
             await trio.sleep_forever()
         while True:
-            self.sample()
-            await trio.sleep(SAMPLE_SECONDS)
+            used = self.sample().used
+            near = self.overloaded or used >= self.budget * SHED_AT
+            await trio.sleep(NEAR_SAMPLE_SECONDS if near else SAMPLE_SECONDS)
 
     def sample(self) -> MemoryFigures:
-        """Measure; over the budget, shed the subscribers with the most queued until what
-        is left is under `LOW_WATER` of it; then overloaded if still at the budget, and
-        until under `LOW_WATER` (hysteresis).
+        """Measure; from `SHED_AT` of the budget, shed the subscribers with the most queued
+        until under `SHED_TO`; at the budget, overloaded until under `LOW_WATER`.
 
-        The queues of subscribers being shed (closing, within `close_timeout`) still count
-        in `used`, but not in that verdict: they are on their way out, so shedding is the
-        first resort and refusing publishes the last (what cannot be shed: history, queued
-        publishes, topics)."""
+        Shedding does not free memory at once: a shed subscriber's queue is released when
+        its close is done (within `close_timeout`; its socket is full, so the close frame
+        waits that long). Shedding therefore starts below the budget, so that a flood
+        slower than the headroom over that time never reaches it, and the queues of
+        subscribers already being shed count as released for the next shedding decision
+        (no one is shed for bytes on their way out). The refusal counts everything still
+        held: it is the hard bound."""
         figures = self._last = self._measure()
         budget = self.budget
         if not budget:
             return figures
         used = figures.used
-        low_water = int(budget * LOW_WATER)
-        held = used
-        if used >= low_water:
-            held = used - self._shed(used, budget, low_water)
-        if held >= budget:
+        self.releasing = self._shed(used, budget) if used >= budget * SHED_AT else 0
+        if self._trim_due:
+            self._trim_due = False
+            give_back_memory()
+        if used > self._high:
+            self._high = used
+        elif self._high - used >= budget * TRIM_FRACTION:
+            # A large part of the budget was released: let the OS have it, at the next
+            # look (what is uncounted now is freed by then: a retired topic's task ends).
+            self._trim_due = True
+            self._high = used
+        if used >= budget:
             if not self.overloaded:
                 log.warning(
                     "memory budget reached: %d of %d bytes held; refusing publishes",
-                    held, budget,
+                    used, budget,
                 )
             self.overloaded = True
-        elif held < low_water and self.overloaded:
+        elif used < budget * LOW_WATER and self.overloaded:
             self.overloaded = False
-            log.warning("memory back under the budget: %d of %d bytes held", held, budget)
-        self.releasing = used - held
+            log.warning("memory back under the budget: %d of %d bytes held", used, budget)
         return figures
 
-    def _shed(self, used: int, budget: int, low_water: int) -> int:
-        """If what is held reaches `budget`, close subscribers, most queued first, until it
-        is under `low_water`; the bytes on their way out (those shed now and before)."""
+    def _shed(self, used: int, budget: int) -> int:
+        """Close subscribers, most queued first, until what is held without the queues
+        on their way out is under `SHED_TO`; returns those bytes (shed now and before)."""
         releasing = 0
         candidates = []
         for subscriber in self._subscribers():
             queued = subscriber.queued_bytes
             if subscriber.evicted:
-                releasing += queued
+                releasing += QUEUED_FACTOR * queued
             elif queued >= SHED_FLOOR_BYTES:
                 candidates.append((queued, subscriber))
-        if used - releasing < budget or not candidates:
+        if used - releasing < budget * SHED_AT or not candidates:
             return releasing
         candidates.sort(key=lambda candidate: candidate[0], reverse=True)
         for queued, subscriber in candidates:
             subscriber.evict(CloseReason.SLOW_CONSUMER)
             self.shed += 1
             log.warning(
-                "memory budget: shedding a subscriber holding %d queued bytes (4008)", queued
+                "memory budget: shedding a subscriber with %d bytes queued (4008)", queued
             )
-            releasing += queued
-            if used - releasing < low_water:
+            releasing += QUEUED_FACTOR * queued
+            if used - releasing < budget * SHED_TO:
                 break
         return releasing
 
@@ -245,14 +297,20 @@ class MemoryBudget:
 __all__ = [
     "CONNECTION_BYTES",
     "LOW_WATER",
+    "NEAR_SAMPLE_SECONDS",
+    "QUEUED_FACTOR",
     "SAMPLE_SECONDS",
+    "SHED_AT",
     "SHED_FLOOR_BYTES",
+    "SHED_TO",
     "TOPIC_BYTES",
+    "TRIM_FRACTION",
     "MemoryBudget",
     "MemoryFigures",
     "MemoryStatistics",
     "Sheddable",
     "default_max_memory",
+    "give_back_memory",
     "machine_memory",
     "process_rss",
 ]

@@ -301,8 +301,14 @@ class TopicActor:
         self.retired = True
         self._mailbox.close()
         self._counters.topics_reaped += 1
-        self._counters.retained_bytes -= self._history.retained_bytes  # released with us
+        self._release_history()
         self._on_retired(self)
+
+    def _release_history(self) -> None:
+        """Retired: let the history go now. The directory's idle-check heap may hold this
+        object for up to `topic_idle_seconds` more, and the memory budget has uncounted it."""
+        self._counters.retained_bytes -= self._history.retained_bytes
+        self._history = History(0, 0, self._history.next_offset)
 
     def _handle(self, request: TopicRequest) -> None:
         match request:
@@ -546,7 +552,7 @@ class TopicActor:
             if type(request) is Publish or type(request) is PublishBatch:
                 counters.mailbox_bytes -= _payload_bytes(request)
         self._mailbox.close()
-        counters.retained_bytes -= self._history.retained_bytes  # released with us
+        self._release_history()
         self._on_retired(self)
 
     # -- inspection (read-only, safe from any task) ----------------------------------------

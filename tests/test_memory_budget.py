@@ -23,8 +23,12 @@ from broker import (
 )
 from broker.memory_budget import (
     LOW_WATER,
+    NEAR_SAMPLE_SECONDS,
+    QUEUED_FACTOR,
     SAMPLE_SECONDS,
+    SHED_AT,
     SHED_FLOOR_BYTES,
+    SHED_TO,
     TOPIC_BYTES,
     MemoryBudget,
     MemoryFigures,
@@ -88,49 +92,70 @@ def test_overloaded_from_the_budget_until_usage_falls_under_the_low_water_mark()
     assert budget.statistics().used == usage.retained
 
 
-def test_the_largest_queues_are_shed_first_until_under_the_low_water_mark() -> None:
+def test_the_largest_queues_are_shed_first_down_to_the_shedding_target() -> None:
     usage = FakeUsage()
     budget = usage.budget()
-    small, large, larger = (FakeSubscriber(n) for n in (200_000, 300_000, 400_000))
+    small, large, larger = (FakeSubscriber(n) for n in (100_000, 150_000, 200_000))
     keeping_up = FakeSubscriber(SHED_FLOOR_BYTES - 1)
     usage.subscribers = [small, keeping_up, large, larger]
-    usage.retained = 150_000  # used: 1,113,999; the low water: 900,000
+    usage.retained = 20_000  # used: 20,000 + 2 x 513,999 (a queued frame pins its payload)
     budget.sample()
-    # Shedding `larger` (400,000) gets under the low water: nobody else goes.
+    # Past SHED_AT (750,000): `larger` (2 x 200,000) then `large` (2 x 150,000) go, which
+    # leaves 347,998, under SHED_TO (650,000): `small` stays.
     assert (larger.evicted, large.evicted, small.evicted, keeping_up.evicted) == (
-        True, False, False, False,
+        True, True, False, False,
     )
     assert larger.reason is CloseReason.SLOW_CONSUMER
-    assert budget.shed == 1
-    # Shedding was enough: its queue is on its way out, so publishes are not refused.
+    assert budget.shed == 2
+    assert budget.statistics().releasing == QUEUED_FACTOR * 350_000
+    # Until their closes are done their queues are still held: the budget counts them.
+    assert budget.overloaded
+    usage.subscribers = [small, keeping_up]
+    budget.sample()
     assert not budget.overloaded
-    assert budget.statistics().releasing == 400_000
+
+
+def test_shedding_starts_below_the_budget_and_refusing_only_at_it() -> None:
+    usage = FakeUsage()
+    budget = usage.budget()
+    slow = FakeSubscriber(200_000)
+    usage.subscribers = [slow]
+    usage.retained = int(BUDGET * SHED_AT) - 2 * 200_000 - 1
+    budget.sample()
+    assert not slow.evicted
+    usage.retained += 1  # at SHED_AT: shed, and nothing refused
+    budget.sample()
+    assert slow.evicted and not budget.overloaded
 
 
 def test_a_subscriber_already_shed_is_not_shed_twice_nor_others_for_its_bytes() -> None:
     usage = FakeUsage()
     budget = usage.budget()
-    first, second = FakeSubscriber(600_000), FakeSubscriber(300_000)
+    first, second = FakeSubscriber(300_000), FakeSubscriber(150_000)
     usage.subscribers = [first, second]
-    usage.retained = 200_000
+    usage.retained = 200_000  # used: 1,100,000
     budget.sample()
-    assert first.evicted and not second.evicted
-    budget.sample()  # still closing, its queue still held and counted in `used`
-    assert not second.evicted and not budget.overloaded
+    assert first.evicted and not second.evicted  # 500,000 left: under SHED_TO
+    budget.sample()  # still closing: its queue is still held and counted in `used`
+    assert not second.evicted
     assert budget.shed == 1
     usage.subscribers.remove(first)  # gone: released
     budget.sample()
     assert budget.statistics().releasing == 0 and budget.statistics().used == 500_000
+    assert not budget.overloaded
 
 
 def test_when_shedding_is_not_enough_publishes_are_refused() -> None:
     usage = FakeUsage()
     budget = usage.budget()
-    slow = FakeSubscriber(200_000)
+    slow = FakeSubscriber(100_000)
     usage.subscribers = [slow]
     usage.retained = BUDGET  # history: nothing to shed there
     budget.sample()
     assert slow.evicted and budget.overloaded
+    usage.subscribers = []
+    budget.sample()
+    assert budget.overloaded  # history alone holds the budget
 
 
 def test_subscribers_that_keep_up_are_never_shed_even_over_the_budget() -> None:
@@ -153,21 +178,24 @@ def test_a_budget_of_zero_never_refuses_and_never_looks() -> None:
     assert budget.statistics().budget == 0
 
 
-async def test_the_budget_looks_every_sample_period_on_its_own(
+async def test_the_budget_looks_on_its_own_and_more_often_near_the_budget(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     usage = FakeUsage()
     budget = usage.budget()
     async with trio.open_nursery() as nursery:
         await nursery.start(budget.run)
+        looks = usage.looks
+        await trio.sleep(SAMPLE_SECONDS * 10)  # the autojump clock: no real wait
+        assert 9 <= usage.looks - looks <= 11
         usage.retained = BUDGET
-        await trio.sleep(SAMPLE_SECONDS * 1.5)  # the autojump clock: no real wait
+        await trio.sleep(SAMPLE_SECONDS * 1.5)
         assert budget.overloaded
         looks = usage.looks
-        await trio.sleep(SAMPLE_SECONDS * 10)
+        await trio.sleep(NEAR_SAMPLE_SECONDS * 10)
         assert 9 <= usage.looks - looks <= 11
         usage.retained = 0
-        await trio.sleep(SAMPLE_SECONDS * 1.5)
+        await trio.sleep(NEAR_SAMPLE_SECONDS * 1.5)
         assert not budget.overloaded
         nursery.cancel_scope.cancel()
 
@@ -309,9 +337,8 @@ async def test_overloaded_refuses_http_and_websocket_publishes_and_readyz_says_w
 async def test_the_largest_stalled_subscriber_is_shed_first_and_a_reader_keeps_reading(
     start_broker: StartBroker,
 ) -> None:
-    budget = 6 * 1024 * 1024
     running = await start_broker(
-        max_memory=budget,
+        max_memory=1024**3,  # nothing happens while the queues fill; see below
         outbox_bytes=64 * 1024 * 1024,  # so the slow-consumer policy leaves this to the budget
         topic_idle_seconds=0,
         topic_defaults=TopicSettings(history_messages=0, slow_consumer_grace=60.0),
@@ -322,25 +349,34 @@ async def test_the_largest_stalled_subscriber_is_shed_first_and_a_reader_keeps_r
     small = await RawWebSocket.connect(port, "/v1/ws?topic=b&client=small", receive_buffer=4096)
     async with websocket(running, "topic=a&topic=b&client=reader") as reader:
         await request(reader, op="ping", id=0)
-        received = 0
-        for topic, count in (("a", 120), ("b", 40)):  # a: 7.7 MB; b: 2.6 MB
+        for topic, count in (("a", 120), ("b", 60)):  # a: 7.7 MB; b: 3.8 MB
             for _ in range(count):
                 await broker.publish(topic, broker.payload(PAYLOAD, "text/plain"))
                 assert (await receive(reader))["topic"] == topic  # the reader keeps up
-                received += 1
+
+        def client(name: str) -> Subscriber:
+            found = [s for s in broker.subscribers_now() if s.client == name]
+            assert len(found) == 1
+            return found[0]
+
+        queued = {name: client(name).queued_bytes for name in ("big", "small", "reader")}
+        assert queued["big"] > queued["small"] > SHED_FLOOR_BYTES > queued["reader"]
+        # A budget whose shedding point the stalled queues pass (but not the budget), and
+        # which shedding `big` alone brings under the shedding target.
+        used = broker.memory_figures().used
+        budget = int(used / ((SHED_AT + 1) / 2))
+        assert budget * SHED_AT <= used < budget
+        assert used - QUEUED_FACTOR * queued["big"] < budget * SHED_TO
+        broker.memory.budget = budget
+        broker.memory.sample()  # what the budget's actor does every SAMPLE_SECONDS
 
         frames, close = await big.read_until_close()  # shed: what it had is dropped, 4008
         assert close is not None and close.close_code == 4008
         assert len(frames) < 120
-
-        def client(name: str) -> Subscriber | None:
-            return next((s for s in broker.subscribers_now() if s.client == name), None)
-
         survivor = client("small")
-        assert survivor is not None and not survivor.evicted
-        assert survivor.queued_bytes > SHED_FLOOR_BYTES  # stalled too, but smaller
+        assert not survivor.evicted and survivor.queued_bytes == queued["small"]
         assert broker.memory.shed == 1
-        assert await broker.publish("a", broker.payload(b"after", "text/plain")) >= 120
+        assert await broker.publish("a", broker.payload(b"after", "text/plain")) == 120
         assert (await receive(reader))["data"] == "after"
     await small.aclose()
     await big.aclose()
