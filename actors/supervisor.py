@@ -106,7 +106,9 @@ class Supervisor:
 
         A crash before `started()` is raised here, to the caller, and not restarted.
         """
-        return await self._nursery.start(self._supervise, name, child, policy)
+        # The task is named after the child: one string shared with it, not a new one per
+        # task (trio makes "module.qualname" otherwise), and it reads better in a trace.
+        return await self._nursery.start(self._supervise, name, child, policy, name=name)
 
     def cancel(self) -> None:
         """Cancel every child (and the supervisor's nursery)."""
@@ -116,7 +118,7 @@ class Supervisor:
         self, name: str, child: Child, policy: RestartPolicy, task_status: trio.TaskStatus[Any]
     ) -> None:
         relay = _StartedRelay(task_status)
-        recent: deque[float] = deque()
+        recent: deque[float] | None = None  # made at the first crash: most never crash
         self._children += 1
         try:
             while True:
@@ -127,6 +129,8 @@ class Supervisor:
                     if not relay.has_started:
                         raise
                     self._crashes += 1
+                    if recent is None:
+                        recent = deque()
                     decision = policy.decide(recent, trio.current_time())
                     log.error(
                         "actor %s/%s crashed; decision: %s",

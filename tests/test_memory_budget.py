@@ -4,6 +4,8 @@ and refusals in-process: `max_memory` reached means publishes and new topics are
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from dataclasses import dataclass
 
 import httpx
@@ -380,3 +382,24 @@ async def test_the_largest_stalled_subscriber_is_shed_first_and_a_reader_keeps_r
         assert (await receive(reader))["data"] == "after"
     await small.aclose()
     await big.aclose()
+
+
+async def test_an_idle_topic_costs_no_more_than_the_budget_counts_for_it() -> None:
+    """TOPIC_BYTES is what the budget counts per topic: what a topic holding one small
+    message really allocates (its task, mailbox, history, directory entry) fits in it."""
+    topics = 1000
+    async with open_broker(Settings(topic_idle_seconds=0, max_memory=0)) as broker:
+        await broker.publish("warm.up", broker.payload(b"x", None))
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            for n in range(topics):
+                await broker.publish(f"t.{n}", broker.payload(b"x", None))
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+    allocated = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert allocated / topics <= TOPIC_BYTES
