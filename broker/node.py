@@ -54,7 +54,7 @@ from .errors import (
     TopicNotFound,
     Unavailable,
 )
-from .memory_budget import MemoryBudget, MemoryFigures
+from .memory_budget import TOPIC_BYTES, MemoryBudget, MemoryFigures
 from .messages import (
     Crash,
     Flush,
@@ -614,6 +614,12 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     def busy(topic: str) -> BrokerError:
         return broker._busy(topic)
 
+    if settings.max_memory and settings.max_topics * TOPIC_BYTES > settings.max_memory:
+        log.warning(
+            "max_topics (%d) x %d bytes per topic is more than max_memory (%d bytes): "
+            "topic creation will be refused (overloaded) before max_topics is reached",
+            settings.max_topics, TOPIC_BYTES, settings.max_memory,
+        )
     memory = MemoryBudget(
         settings.max_memory,
         lambda: broker.memory_figures(),
