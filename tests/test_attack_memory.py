@@ -40,7 +40,7 @@ RSS_TOLERANCE = 32 * MiB
 # Seconds to read a stalled subscriber before taking it as not shed.
 CLOSE_WAIT = 3.0
 CONFIG = """
-topic_idle_seconds = 1.0
+topic_idle_seconds = 3.0
 
 [topics."flood.>"]
 history_messages = 1

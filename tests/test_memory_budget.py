@@ -292,7 +292,7 @@ def metric(text: str, name: str) -> float:
 async def test_overloaded_refuses_http_and_websocket_publishes_and_readyz_says_why(
     start_broker: StartBroker,
 ) -> None:
-    running = await start_broker(max_memory=BUDGET, topic_idle_seconds=0.3)
+    running = await start_broker(max_memory=BUDGET, topic_idle_seconds=1.0)
     broker = running.broker
     async with httpx.AsyncClient(base_url=running.http_url, timeout=TIMEOUT) as http, \
             websocket(running, "client=publisher") as ws:
