@@ -1,38 +1,40 @@
-"""`Outbox`: a connection's bounded queue of frames, filled by topics, emptied by its writer.
+"""`Outbox`: a connection's bounded queue of frames, filled by topics, emptied as written.
 
 Topics call `offer` synchronously and never wait; it answers `ACCEPTED`, `FULL` (the
-topic's slow-consumer policy decides what that means) or `CLOSED`. The connection's writer
-calls `take` to get everything queued as one batch and writes it with one `send_all`. The
-writer is either a task parked in `take`, or (`wake_writer`) a connection's only task,
-which waits on its socket and is called back whenever the writer has work.
+topic's slow-consumer policy decides what that means) or `CLOSED`. An item leaves the
+queue only once the kernel has taken all of it: a stalled subscriber holds pointers to
+frames shared by every subscriber (rendered once per message per wire format, cached on
+the message) and at most one begun frame, never a private copy of a batch.
 
-Write now, without a task switch: `flush` writes everything queued straight to the
-non-blocking socket through `write_now` (as asyncio transports do) when no write is in
-progress, and leaves only what the kernel did not take for the connection's writer task.
-A lone message (the topic has nothing more right behind it) is flushed by `offer` itself;
-a burst is only queued (`lone=False`) and the topic flushes each outbox once at the end of
-its turn, so a burst goes out as one write per subscriber and the writer tasks are woken
-only for what the kernel could not take at once. An outbox that holds exactly the burst
-writes the `Burst`'s frames, joined once per wire format for all subscribers. Order is
-kept: a flush writes the queue from its front, and never while the writer holds a batch.
+Write now, without a task switch: `flush` writes from the front of the queue straight to
+the non-blocking socket (`write_now` for one frame, `write_many_now`, i.e. `sendmsg`, for
+several: scatter-gather over the shared frames, no join) when the connection's writer is
+not waiting for room, and leaves what the kernel did not take queued. A lone message (the
+topic has nothing more right behind it) is written by `offer` itself; a burst is only
+queued (`lone=False`) and the topic flushes each outbox once at the end of its turn, so a
+burst goes out as one write per subscriber. An outbox that holds exactly the burst writes
+the `Burst`'s frames, joined once per wire format for all subscribers. Once the kernel
+refuses bytes, writing is the connection's task's (`wake_writer`; it waits for room and
+calls `write_queued`) until the queue is empty. Order is kept: every write takes the
+queue from its front and drops what was written before anything else can run.
 (Guarded by `python -m benchmarks.quick`, scenarios fanout and fanout-bulk.)
 
 Message frames are queued as `Message` objects, not bytes, so a policy knows each item's
-topic and offset (drop-oldest reports gaps per topic); the frame is rendered once per
-message per wire format and cached on the message.
+topic and offset (drop-oldest reports gaps per topic).
 
-Grace (`disconnect` policy): past `capacity`, `offer_in_grace` still queues, up to
-`GRACE_FACTOR` x capacity, for as long as the outbox has been over capacity for less than
-the topic's grace period; a writer taking a batch ends that period. So a subscriber that
-pauses briefly is kept, one that has stopped is closed, and memory stays bounded.
+Bounds: `capacity` items and `max_bytes` of `queued_bytes`; past either an offer is FULL
+(an empty outbox takes any one frame, so no message is undeliverable). Grace
+(`disconnect` policy): past them, `offer_in_grace` still queues, up to `GRACE_FACTOR` x
+both, for as long as the outbox has been full for less than the topic's grace period; a
+write that completes a queued item ends that period. So a subscriber that pauses briefly
+is kept, one that has stopped is closed, and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -41,14 +43,15 @@ from trio.lowlevel import ParkingLot
 from .messages import Message
 from .metrics import BrokerCounters
 
-# How far past its capacity an outbox may grow during a slow consumer's grace period.
+# How far past its bounds an outbox may grow during a slow consumer's grace period.
 GRACE_FACTOR = 2
+# Most bytes gathered for one write; past that, the next write takes the rest.
+WRITE_MAX_BYTES = 256 * 1024
+# Most frames gathered for one `sendmsg` (IOV_MAX is 1024 on Linux).
+WRITE_MAX_FRAMES = 1024
 # `queued_bytes` bound of an outbox made without one (tests); connections pass
 # `Settings.outbox_bytes`.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-# Most bytes one flush joins and writes; past that, the writer task sends the rest in
-# bounded batches (a large replay must not build one huge buffer here).
-FLUSH_MAX_BYTES = 256 * 1024
 
 
 class Offer(enum.Enum):
@@ -96,6 +99,12 @@ class Burst:
         return data
 
 
+# What the queue holds: a Message (its frame not begun), a ControlFrame (a reply, or the
+# rest of a begun one), or a memoryview (the rest of a begun message frame: a view of the
+# shared frame, not a copy).
+Item = Message | ControlFrame | memoryview
+
+
 def _size(item: object, render: Callable[[Message], bytes]) -> int:
     """Bytes an outbox item holds for its connection (see `Outbox.queued_bytes`); for
     the slow paths (the message paths count inline)."""
@@ -104,27 +113,34 @@ def _size(item: object, render: Callable[[Message], bytes]) -> int:
         return len(item.rendered(render))  # type: ignore[attr-defined]
     if kind is ControlFrame:
         return len(item.data)  # type: ignore[attr-defined]
-    if kind is bytes or kind is memoryview:
+    if kind is memoryview or kind is bytes:
         return len(item)  # type: ignore[arg-type]
-    return 0
+    return 0  # an object a test queues
+
+
+def _no_gap_frame(gap: Gap) -> bytes:
+    raise RuntimeError("this outbox was made without render_gap, so it cannot drop")
 
 
 class Outbox:
     """See the module docstring. Owned by one connection; topics hold a reference."""
 
     __slots__ = (
-        "_bytes",
+        "_begun",
         "_capacity",
         "_closed",
         "_counters",
+        "_free",
         "_gaps",
         "_items",
         "_max_bytes",
         "_over_since",
         "_render",
+        "_render_gap",
         "_room",
-        "_taken_bytes",
         "_wake_writer",
+        "_wanted",
+        "_write_many_now",
         "_write_now",
         "_writer",
         "_writing",
@@ -138,40 +154,46 @@ class Outbox:
         write_now: Callable[[bytes], int] | None = None,
         wake_writer: Callable[[], None] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        write_many_now: Callable[[Sequence[bytes | memoryview]], int] | None = None,
+        render_gap: Callable[[Gap], bytes] = _no_gap_frame,
     ) -> None:
-        """`capacity` (items) and `max_bytes` (`queued_bytes`) bound the queue: an offer
-        past either is FULL (an empty outbox takes any one frame, so no message is
-        undeliverable)."""
+        """`write_now(frame)` / `write_many_now(frames)`: write to the non-blocking socket,
+        answer the bytes taken, raise BlockingIOError when none fit and OSError when the
+        peer is gone (`socket.send` / `socket.sendmsg`); without `write_now` nothing is
+        written (a queue for tests). `wake_writer`: called whenever the connection's task
+        has writing to do. `render_gap`: the in-band frame reporting a `Gap`."""
         if capacity < 1 or max_bytes < 1:
             raise ValueError("an outbox needs a capacity of at least 1 item and 1 byte")
         self._capacity = capacity
         self._max_bytes = max_bytes
-        # `queued_bytes`: kept up to date by every change to `_items` (O(1) each).
-        self._bytes = 0
-        self._taken_bytes = 0  # of the batch the writer took and has not written yet
+        # `max_bytes - queued_bytes`, kept up to date by every change to `_items` (O(1)
+        # each; the room left rather than the bytes used: one operation less per offer).
+        self._free = max_bytes
+        self._wanted = 0  # size of the last frame refused as FULL (see `wait_room`)
         self._render = render
+        self._render_gap = render_gap
         self._counters = counters
         self._write_now = write_now
-        # For a connection whose writer does not park in `take` (it waits on its socket):
-        # called whenever the writer has something to do.
+        self._write_many_now = write_many_now
         self._wake_writer = wake_writer
-        # Message (a frame to render), bytes (the unwritten rest of a fast-path frame),
-        # or any other object the connection queues (replies, its close marker).
-        self._items: deque[object] = deque()
+        self._items: deque[Item] = deque()
+        self._begun = False  # the front item is the rest of a frame partly written
         self._closed = False
+        # The kernel refused bytes: the connection's task writes (it waits for room)
+        # until the queue is empty, and `flush` only wakes it.
         self._writing = False
         self._gaps: dict[str, Gap] = {}
-        # When the outbox went over capacity with no batch taken since (grace period).
+        # When the outbox became full with no item written since (grace period).
         self._over_since: float | None = None
         # Made on first use: most connections never wait on either, and with thousands of
         # connections every object counts (CPython's full collections walk them all).
-        self._writer: ParkingLot | None = None
         self._room: ParkingLot | None = None
+        self._writer: ParkingLot | None = None  # a task parked in `take`
 
     # -- the topics' side: synchronous, never waits ----------------------------------------
 
     def offer(self, message: Message, lone: bool = True) -> Offer:
-        """Queue the frame of `message` and, if `lone`, `flush`; never waits.
+        """Queue the frame of `message` and, if `lone`, write it now; never waits.
 
         `lone=False` says more messages follow at once (a burst): the caller must `flush`
         when the burst is over, so it goes out as one write instead of one per frame.
@@ -180,12 +202,41 @@ class Outbox:
             return Offer.CLOSED
         items = self._items
         # Rendered now, not at the write: its size is counted exactly, and the frame is
-        # made once per message per wire format either way (cached on the message).
-        size = len(message.rendered(self._render))
-        if len(items) >= self._capacity or (self._bytes + size > self._max_bytes and items):
-            return Offer.FULL
+        # made once per message per wire format either way (cached on the message; read
+        # here without the method call: hot path, `benchmarks.quick` fanout-bulk).
+        try:
+            frame = message._rendered[self._render]
+        except KeyError:
+            frame = message.rendered(self._render)
+        size = len(frame)
+        if items:
+            if len(items) >= self._capacity or size > self._free:
+                self._wanted = size
+                return Offer.FULL
+        elif lone and not self._writing and self._write_now is not None and not self._gaps:
+            # The usual case: nothing queued, the frame goes straight to the socket.
+            try:
+                sent = self._write_now(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close()
+                return Offer.CLOSED  # the peer is gone
+            except BaseException:
+                items.append(message)  # not written: it stays queued
+                self._free -= size
+                raise
+            if sent == size:
+                self._counters.delivered += 1
+                return Offer.ACCEPTED
+            items.append(memoryview(frame)[sent:] if sent else message)
+            self._begun = sent > 0
+            self._free = self._max_bytes - (size - sent)
+            self._writing = True
+            self._wake()
+            return Offer.ACCEPTED
         items.append(message)
-        self._bytes += size
+        self._free -= size
         if lone:
             self.flush()
             if self._closed:
@@ -193,8 +244,8 @@ class Outbox:
         return Offer.ACCEPTED
 
     def flush(self, burst: Burst | None = None) -> None:
-        """Send what is queued: written now if no write is in progress (no task switch),
-        the rest (or everything, when a write is in progress) by waking the writer.
+        """Send what is queued: written now unless the connection's task is writing (then
+        it is only woken); what the kernel does not take stays queued, for that task.
 
         `burst`: what the calling topic just forwarded; if the queue holds exactly that
         (same length, same first and last message: the topic's turn appended them in
@@ -217,43 +268,113 @@ class Outbox:
                 return
             if sent == len(data):
                 items.clear()
-                self._bytes -= sent
+                self._free += sent
                 self._counters.delivered += len(burst.messages)
                 if self._room:
                     self._room.unpark_all()
                 return
-            # Partial: put back what the kernel did not take, frame by frame.
-            self._keep_unsent([m.rendered(self._render) for m in burst.messages], sent)
-            return
-        frames: list[bytes] = []
-        replies: set[int] | None = None  # indexes of frames that are replies (not counted)
+            self._consume([m.rendered(self._render) for m in burst.messages], sent)
+        else:
+            try:
+                self.write_queued()
+            except OSError:
+                return  # closed by write_queued; the connection's task sees it too
+        if items:
+            self._writing = True
+            self._wake()
+
+    def write_queued(self) -> int:
+        """Write from the front of the queue what the kernel takes now (up to
+        WRITE_MAX_FRAMES frames, WRITE_MAX_BYTES, in one call); the bytes written (0 when
+        the kernel's buffer is full). Raises OSError (and the outbox is closed) when the
+        peer is gone. The connection's task calls it when the socket has room, until the
+        queue is empty; that ends its turn as writer (`flush` writes again)."""
+        items = self._items
+        if self._gaps:
+            self._report_gaps()
+        frames: list[bytes | memoryview] = []
         size = 0
+        render = self._render
         for item in items:
             kind = type(item)
             if kind is Message:
-                frame = item.rendered(self._render)  # type: ignore[attr-defined]
-            elif kind is bytes:  # the rest of a frame an earlier flush began
-                frame = item  # type: ignore[assignment]
-            elif kind is ControlFrame:  # a reply: written in line, no writer wake
-                if replies is None:
-                    replies = set()
-                replies.add(len(frames))
-                frame = item.data  # type: ignore[attr-defined]
+                frame = item.rendered(render)  # type: ignore[union-attr]
+            elif kind is ControlFrame:
+                frame = item.data  # type: ignore[union-attr]
             else:
-                break  # a close marker: the writer's to send
+                frame = item  # type: ignore[assignment]
             frames.append(frame)
             size += len(frame)
-            if size >= FLUSH_MAX_BYTES:
+            if size >= WRITE_MAX_BYTES or len(frames) >= WRITE_MAX_FRAMES:
                 break
-        if frames:
-            sent = self._write(write_now, frames[0] if len(frames) == 1 else b"".join(frames))
-            if sent is not None:
-                self._keep_unsent(frames, sent, replies or frozenset())
+        if not frames:
+            self._writing = False
+            return 0
+        try:
+            if len(frames) == 1:
+                sent = self._write_now(frames[0])  # type: ignore[misc, arg-type]
+            elif self._write_many_now is not None:
+                sent = self._write_many_now(frames)
+            else:  # no scatter-gather: one joined copy, for this write only
+                sent = self._write_now(b"".join(frames))  # type: ignore[misc]
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.close()
+            raise
+        self._consume(frames, sent)
+        if not items:
+            self._writing = False
+        return sent
+
+    def _consume(self, frames: list[bytes] | list[bytes | memoryview], sent: int) -> None:
+        """After writing `frames` (the queue's first items) of which `sent` bytes went:
+        drop the written items, keep the rest of a begun frame (a view, not a copy).
+        Written message frames count as delivered; replies do not."""
+        if not sent:
             return
-        self._wake()
+        items = self._items
+        self._free += sent
+        done = delivered = 0
+        begun = False
+        for frame in frames:
+            length = len(frame)
+            if length > sent:
+                if sent:
+                    begun = True
+                    if type(items[0]) is ControlFrame:
+                        items[0] = ControlFrame(bytes(frame[sent:]))  # a reply: small
+                    else:
+                        items[0] = memoryview(frame)[sent:]
+                break
+            sent -= length
+            done += 1
+            if type(items.popleft()) is not ControlFrame:
+                delivered += 1
+        self._begun = begun
+        if done:
+            self._over_since = None  # the subscriber reads: a new grace period if full
+        self._counters.delivered += delivered
+        if self._room:
+            self._room.unpark_all()
+
+    def _report_gaps(self) -> None:
+        """Put each pending `Gap`'s frame just before the next queued message of its
+        topic (a gap whose topic has none queued waits for the next one)."""
+        gaps = self._gaps
+        items = self._items
+        index = 0
+        while gaps and index < len(items):
+            item = items[index]
+            if type(item) is Message and item.topic in gaps:  # type: ignore[union-attr]
+                frame = self._render_gap(gaps.pop(item.topic))  # type: ignore[union-attr]
+                items.insert(index, ControlFrame(frame))
+                self._free -= len(frame)
+                index += 1
+            index += 1
 
     def _wake(self) -> None:
-        """The writer has work: wake the task parked in `take`, or call `wake_writer`."""
+        """The connection's task has writing to do."""
         if self._writer:
             self._writer.unpark()
         if self._wake_writer is not None:
@@ -275,34 +396,8 @@ class Outbox:
             self.close()
             return None
 
-    def _keep_unsent(
-        self, frames: list[bytes], sent: int, replies: AbstractSet[int] = frozenset()
-    ) -> None:
-        """After writing `frames` (the queue's first items) of which `sent` bytes went:
-        drop the written items, keep the rest of a begun frame as bytes, wake the writer.
-        Written message frames count as delivered; `replies` (indexes) do not."""
-        items = self._items
-        self._bytes -= sent
-        done = written = 0
-        for frame in frames:
-            if written + len(frame) > sent:
-                break
-            written += len(frame)
-            done += 1
-        for _ in range(done):
-            items.popleft()
-        if sent > written:
-            # The rest of a begun reply stays a reply (the writer does not count it).
-            rest = frames[done][sent - written:]
-            items[0] = ControlFrame(rest) if done in replies else rest
-        self._counters.delivered += done - sum(1 for i in replies if i < done)
-        if self._room:
-            self._room.unpark_all()
-        if items:
-            self._wake()
-
     def offer_in_grace(self, message: Message, now: float, grace: float) -> Offer:
-        """After `offer` answered FULL, under `disconnect`: queue past capacity while the
+        """After `offer` answered FULL, under `disconnect`: queue past the bounds while the
         grace period lasts (see the module docstring). FULL means evict now."""
         if self._closed:
             return Offer.CLOSED
@@ -313,11 +408,11 @@ class Outbox:
         size = len(message.rendered(self._render))
         if (
             len(self._items) >= self._capacity * GRACE_FACTOR
-            or self._bytes + size > self._max_bytes * GRACE_FACTOR
+            or size > self._free + self._max_bytes * (GRACE_FACTOR - 1)
         ):
             return Offer.FULL
         self._items.append(message)
-        self._bytes += size
+        self._free -= size
         self._wake()
         return Offer.ACCEPTED
 
@@ -332,20 +427,21 @@ class Outbox:
         size = len(message.rendered(render))
         topic = message.topic
         index = 0
-        while len(items) >= self._capacity or (self._bytes + size > self._max_bytes and items):
-            for index in range(index, len(items)):  # noqa: B020 (resumes where it stopped)
+        while len(items) >= self._capacity or (size > self._free and items):
+            while index < len(items):
                 item = items[index]
-                if type(item) is Message and item.topic == topic:  # type: ignore[attr-defined]
+                if type(item) is Message and item.topic == topic:  # type: ignore[union-attr]
                     break
+                index += 1
             else:
                 self._dropped(message)  # nothing more of this topic to drop: skip it
                 self._wake()
                 return
             del items[index]
-            self._bytes -= len(item.rendered(render))  # type: ignore[attr-defined]
+            self._free += len(item.rendered(render))  # type: ignore[union-attr]
             self._dropped(item)  # type: ignore[arg-type]
         items.append(message)
-        self._bytes += size
+        self._free -= size
         self._wake()
 
     def _dropped(self, message: Message) -> None:
@@ -361,21 +457,21 @@ class Outbox:
 
     async def wait_room(self) -> None:
         """Wait until an offer would not be FULL (or the outbox is closed): `block` policy.
-        Room in bytes means below `outbox_bytes` (a bigger frame may still be FULL: the
-        caller waits again, and an empty outbox takes any frame)."""
-        while (
-            len(self._items) >= self._capacity or self._bytes >= self._max_bytes
-        ) and not self._closed:
+        Room in bytes means room for the frame last refused as FULL."""
+        while not self._closed and self._items and (
+            len(self._items) >= self._capacity
+            or self._wanted > self._free
+        ):
             await self._room_lot().park()
 
-    def offer_control(self, item: object) -> Offer:
+    def offer_control(self, item: ControlFrame) -> Offer:
         """Queue a non-message item (e.g. a subscribe `ok`) under the same capacity."""
         if self._closed:
             return Offer.CLOSED
         if len(self._items) >= self._capacity:
             return Offer.FULL
         self._items.append(item)
-        self._bytes += _size(item, self._render)
+        self._free -= _size(item, self._render)
         self._wake()
         return Offer.ACCEPTED
 
@@ -395,25 +491,23 @@ class Outbox:
         if self._closed:
             return
         items = self._items
-        if more:
+        if more or items or self._writing or self._write_now is None or self._gaps:
             items.append(ControlFrame(frame))
-            self._bytes += len(frame)
+            self._free -= len(frame)
+            if not more:
+                self.flush()
             return
-        write_now = self._write_now
-        if items or self._writing or write_now is None or self._gaps:
-            items.append(ControlFrame(frame))
-            self._bytes += len(frame)
-            self.flush()
-            return
-        sent = self._write(write_now, frame)
+        sent = self._write(self._write_now, frame)
         if sent is not None and sent < len(frame):
             items.append(ControlFrame(frame[sent:]))  # the rest goes before anything else
-            self._bytes += len(frame) - sent
+            self._begun = sent > 0
+            self._free -= len(frame) - sent
+            self._writing = True
             self._wake()
 
     # -- the connection's side ---------------------------------------------------------------
 
-    async def put(self, item: object) -> None:
+    async def put(self, item: ControlFrame) -> None:
         """Queue `item`, waiting for room if full. Raises `trio.ClosedResourceError` once
         closed. For the connection's own replies: a client that does not read its replies
         slows only itself."""
@@ -422,15 +516,14 @@ class Outbox:
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
         self._items.append(item)
-        self._bytes += _size(item, self._render)
+        self._free -= _size(item, self._render)
         self.flush()  # a reply goes out now if nothing is in flight: no writer wake
 
     async def take(self, max_items: int) -> list[object]:
-        """Wait for queued items and take up to `max_items` of them, oldest first.
-
-        Marks a write in progress (no fast-path writes) until `written()` is called.
-        Raises `trio.EndOfChannel` once closed and empty.
-        """
+        """Wait for queued items and take up to `max_items` of them off, oldest first,
+        each pending `Gap` (as itself) just before its topic's next message: for a writer
+        that is not a socket (the tests' fake connections). No write by `flush` until
+        `written()`. Raises `trio.EndOfChannel` once closed and empty."""
         items = self._items
         while not items:
             if self._closed:
@@ -440,48 +533,45 @@ class Outbox:
             await self._writer.park()
         self._writing = True
         self._over_since = None  # the writer is moving: a new grace period if full again
-        if len(items) <= max_items:
-            batch = list(items)
-            items.clear()
-        else:
-            batch = [items.popleft() for _ in range(max_items)]
-        # Still this connection's until written: counted until `written`.
-        self._taken_bytes = taken = sum(_size(item, self._render) for item in batch)
-        self._bytes -= taken
+        batch: list[object] = [items.popleft() for _ in range(min(len(items), max_items))]
+        self._free += sum(_size(item, self._render) for item in batch)
+        self._begun = False
         if self._room:
             self._room.unpark_all()
         if self._gaps:
-            batch = self._insert_gaps(batch)
+            gaps = self._gaps
+            placed: list[object] = []
+            for item in batch:
+                if type(item) is Message and item.topic in gaps:
+                    placed.append(gaps.pop(item.topic))
+                placed.append(item)
+            batch = placed
         return batch
 
-    def _insert_gaps(self, batch: list[object]) -> list[object]:
-        """Put each pending `Gap` just before the next message of its topic."""
-        gaps = self._gaps
-        result: list[object] = []
-        for item in batch:
-            if type(item) is Message and item.topic in gaps:  # type: ignore[attr-defined]
-                result.append(gaps.pop(item.topic))  # type: ignore[attr-defined]
-            result.append(item)
-        return result
-
     def written(self) -> None:
-        """The batch from `take` is on the socket: fast-path writes may resume."""
+        """The batch from `take` is written: `flush` may write again."""
         self._writing = False
-        self._taken_bytes = 0
 
     @property
     def queued_bytes(self) -> int:
         """Bytes this outbox holds for its connection: every queued frame (a message's
-        frame in this outbox's wire format, rendered when offered), the rest of a begun
-        frame, and a batch the writer took and has not written yet. Gap reports (a few
-        dozen bytes per topic) are not counted. Kept up to date per change, O(1)."""
-        return self._bytes + self._taken_bytes
+        frame in this outbox's wire format, rendered when offered; a reply) and the rest
+        of a begun frame. Pending gap reports (a few dozen bytes per topic) are not
+        counted until placed in the queue. Kept up to date per change, O(1) to read."""
+        return self._max_bytes - self._free
+
+    @property
+    def writing(self) -> bool:
+        """The kernel refused bytes and the connection's task has not emptied the queue
+        since: it, not `flush`, writes."""
+        return self._writing
 
     def render(self, message: Message) -> bytes:
         return message.rendered(self._render)
 
     def close(self) -> None:
-        """No more offers (they answer `CLOSED`); wakes the writer and any waiting put."""
+        """No more offers (they answer `CLOSED`); what is queued stays, for the connection
+        to write or `discard`. Wakes the writer and any waiting put or wait_room."""
         self._closed = True
         if self._writer:
             self._writer.unpark_all()
@@ -489,6 +579,22 @@ class Outbox:
             self._room.unpark_all()
         if self._wake_writer is not None:
             self._wake_writer()
+
+    def discard(self) -> None:
+        """Drop what is queued but the rest of a begun frame (the stream would be corrupt
+        without it): an evicted connection releases its memory at once."""
+        items = self._items
+        keep = items[0] if items and self._begun else None
+        items.clear()
+        self._gaps.clear()
+        self._free = self._max_bytes
+        if keep is None:
+            self._writing = False
+        else:
+            items.append(keep)
+            self._free -= _size(keep, self._render)
+        if self._room:
+            self._room.unpark_all()
 
     @property
     def closed(self) -> bool:

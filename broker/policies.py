@@ -32,6 +32,7 @@ class CloseReason(enum.Enum):
     UNSUPPORTED_DATA = (1003, "unsupported data")
     INVALID_PAYLOAD = (1007, "invalid frame payload data")
     POLICY_VIOLATION = (1008, "too many invalid frames")
+    RECEIVE_TIMEOUT = (1008, "frame not completed in time")
     MESSAGE_TOO_BIG = (1009, "message too big")
     SLOW_CONSUMER = (4008, "slow consumer")
     TOPIC_FAILED = (1011, "topic failed")

@@ -7,7 +7,12 @@
 - Topics write message frames straight to the socket (`Outbox.flush`) and never wait for a
   connection. Only what the kernel did not take stays queued: the outbox then wakes the
   task (`wake_writer` cancels its wait for input), which writes everything waiting with
-  one `send` per batch (nats-server's flush-per-batch), waiting for the socket as it must.
+  one `sendmsg` per batch over the shared frames (nats-server's flush-per-batch; no
+  private copy, items leave the outbox as written), waiting for the socket as it must,
+  each batch within `write_timeout`: a client that stops reading is dropped.
+- An incomplete client frame (or fragmented message) must be complete by
+  `receive_deadline(first byte, bytes so far, header_timeout, min_receive_rate)`, else
+  the connection is closed with 1008 `frame not completed in time`.
 - A publish to a running topic is handed over without waiting (`Broker.publish_soon`):
   an idle topic takes it at once on this task (`TopicActor.publish_now`), a busy one
   answers later on its own task; either way through `_answer_publish`, which writes the
@@ -37,12 +42,11 @@ from __future__ import annotations
 import logging
 import math
 import socket
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import trio
-from trio.lowlevel import wait_readable
+from trio.lowlevel import wait_readable, wait_writable
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
@@ -53,8 +57,6 @@ from broker import (
     BrokerError,
     CloseReason,
     ControlFrame,
-    Gap,
-    Message,
     NotSubscribed,
     Outbox,
     Payload,
@@ -74,18 +76,20 @@ from broker.codec import (
 )
 
 from .errors import http_status
-from .tcp import ConnectionLost, receive, send_all
+from .tcp import ConnectionLost, receive, receive_deadline, send_all
 from .ws_handshake import Accept
+from .ws_log import ProtocolErrorLog
+from .ws_reader import DATA, INCOMPLETE, TOO_BIG, FrameBoundaries, client_data_frame, unmask
+from .ws_render import GAP_RENDERERS, RENDERERS
 from .wsframe import binary_frame, text_frame
 
 log = logging.getLogger("gateways.websocket")
 
 # Bytes read per receive: large enough for a full publish frame in one read.
 RECEIVE_SIZE = 65536
-# Most bytes joined into one send: bounds the temporary buffer of a big batch.
-MAX_BATCH_BYTES = 1024 * 1024
-# Most items taken from the outbox per batch (a bound on the list, not on bytes).
-MAX_BATCH_ITEMS = 4096
+# A subscriber that has fallen behind must take this much of what is queued (or all of
+# it, if less) within `write_timeout`, else it is dropped: at least 100 KiB/s by default.
+WRITE_BATCH_BYTES = 1024 * 1024
 # A client frame may carry a payload of max_payload_bytes plus this much envelope.
 FRAME_ENVELOPE_BYTES = 64 * 1024
 # Consecutive invalid frames tolerated before the connection is closed with 1008.
@@ -96,79 +100,8 @@ _LINGERING = (ConnectionState.LOCAL_CLOSING,)
 _CAN_CLOSE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
-def render_json(message: Message) -> bytes:
-    """A `message` frame for `broker.v1.json` connections (cached on the message)."""
-    return text_frame(codec.encode_message_json(message))
-
-
-def render_cbor(message: Message) -> bytes:
-    """A `message` frame for `broker.v1.cbor` connections (cached on the message)."""
-    return binary_frame(codec.encode_message_cbor(message))
-
-
-RENDERERS: dict[WireFormat, Callable[[Message], bytes]] = {
-    WireFormat.JSON: render_json,
-    WireFormat.CBOR: render_cbor,
-}
-
-
-# First bytes of the client frames the fast path serves itself: FIN set, no RSV bits,
-# text or binary; anything else (control frames, fragments, extensions' bits) is wsproto's.
-_FAST_FIRST = frozenset((0x81, 0x82))
-DATA = 0  # a complete, final, masked text or binary frame: served by the fast path
-INCOMPLETE = 1  # not all of the frame is there yet
-OTHER = 2  # anything else (control, fragment, unmasked, non-minimal length): wsproto's
-TOO_BIG = 3  # a data frame announcing more than the limit
-
-
-def client_data_frame(buffer: bytes, at: int, limit: int) -> tuple[int, int, int]:
-    """Delimit the client frame starting at `buffer[at]`, pure: (kind, payload start,
-    payload end = frame end). Only DATA frames are taken apart here (RFC 6455 5.2 as
-    wsproto checks it: masked, minimal length encoding, length < 2**63); see `unmask`.
-
-    Why not wsproto for every frame: its incremental parser was ~14 us a frame, an eighth
-    of the server's CPU per publish over WebSocket (`python -m benchmarks ws-publish`).
-    """
-    size = len(buffer) - at
-    if size < 2:
-        return INCOMPLETE, 0, 0
-    if buffer[at] not in _FAST_FIRST or not buffer[at + 1] & 0x80:
-        return OTHER, 0, 0
-    length = buffer[at + 1] & 0x7F
-    if length < 126:
-        start = at + 6
-    elif length == 126:
-        if size < 4:
-            return INCOMPLETE, 0, 0
-        length = (buffer[at + 2] << 8) | buffer[at + 3]
-        if length < 126:
-            return OTHER, 0, 0
-        start = at + 8
-    else:
-        if size < 10:
-            return INCOMPLETE, 0, 0
-        length = int.from_bytes(buffer[at + 2:at + 10], "big")
-        if length < 65536 or length >> 63:
-            return OTHER, 0, 0
-        start = at + 14
-    if length > limit:
-        return TOO_BIG, 0, 0
-    end = start + length
-    if end > len(buffer):
-        return INCOMPLETE, 0, 0
-    return DATA, start, end
-
-
-def unmask(buffer: bytes, start: int, end: int) -> bytes:
-    """The payload `buffer[start:end]` of a masked frame (key: the 4 bytes before it),
-    unmasked: one XOR of two big integers, not a loop over bytes."""
-    length = end - start
-    if not length:
-        return b""
-    key = buffer[start - 4:start] * (length // 4 + 1)
-    return (
-        int.from_bytes(buffer[start:end], "little") ^ int.from_bytes(key[:length], "little")
-    ).to_bytes(length, "little")
+# Protocol errors: debug per connection, a summary at info at most every 10 s.
+protocol_errors = ProtocolErrorLog(log)
 
 
 class WebSocketConnection:
@@ -176,13 +109,16 @@ class WebSocketConnection:
     docstring). `evict` and `close_soon` may be called from any task.
 
     No cancel scope with a deadline spans the connection: each wait for room in the socket
-    has its own, with the connection's `_deadline` (infinite until it is closing), so a
-    close decided while the task waits shortens the wait in progress. Waits for input are
-    cut short by `_wake_up` (see `_serve`).
+    has its own, made only when the kernel is full, with the write's deadline
+    (`write_timeout`) or the connection's `_deadline` (infinite until it is closing),
+    whichever is first; a close decided while the task waits shortens the wait in
+    progress. Waits for input are cut short by `_wake_up` (see `_serve`), and have a
+    deadline only while a client frame is incomplete (`receive_deadline`).
     """
 
     __slots__ = (
         "_answered",
+        "_boundaries",
         "_broker",
         "_capacity",
         "_close_requested",
@@ -190,10 +126,13 @@ class WebSocketConnection:
         "_deadline",
         "_evicted",
         "_format",
+        "_frame_deadline",
+        "_frame_started",
         "_frame_wrap",
         "_invalid",
         "_max_frame",
         "_more_input",
+        "_need",
         "_opening",
         "_parts",
         "_patterns",
@@ -222,7 +161,17 @@ class WebSocketConnection:
         # wsproto, made the first time a client frame is not a plain data frame, or to
         # close: from then on it parses everything (a new one is OPEN: no handshake).
         self._ws: Connection | None = None
-        self._pending = b""  # the start of a client frame the fast path waits to complete
+        # The start of a client frame the fast path waits to complete (a bytearray while
+        # it grows: each receive appends, nothing is joined again), and the bytes the
+        # whole frame takes, once its header is there (0 before).
+        self._pending: bytes | bytearray = b""
+        self._need = 0
+        # Frame boundaries in the input, once wsproto parses it (see `_receive_wsproto`).
+        self._boundaries: FrameBoundaries | None = None
+        # While input stops inside a frame: when that frame began, and by when it must be
+        # complete (`receive_deadline`); None otherwise.
+        self._frame_started: float | None = None
+        self._frame_deadline: float | None = None
         self._broker = broker
         self._settings = settings = broker.settings
         self._format = wire_format = accept.wire_format
@@ -230,7 +179,7 @@ class WebSocketConnection:
         self._capacity = settings.outbox_size
         self.outbox = Outbox(
             settings.outbox_size, RENDERERS[wire_format], broker.counters, sock.send,
-            self._wake_up, settings.outbox_bytes,
+            self._wake_up, settings.outbox_bytes, sock.sendmsg, GAP_RENDERERS[wire_format],
         )
         self.subscriber = Subscriber(self.id, accept.client, self.outbox, self.evict)
         self._patterns: set[str] = set()
@@ -272,6 +221,8 @@ class WebSocketConnection:
             # Before the socket closes: no fast-path write may reach a recycled fd, and
             # topics' next offer answers CLOSED, so they forget us even if...
             self.outbox.close()
+            self.outbox.discard()  # what it held is released now, not when topics forget
+            self._pending = b""
             with trio.CancelScope(shield=True), trio.move_on_after(TEARDOWN_SECONDS):
                 # ...their unsubscribe does not fit (see Broker.disconnect).
                 await self._broker.disconnect(self.id, list(self._patterns))
@@ -292,11 +243,14 @@ class WebSocketConnection:
             self._request_close(await self._receive(early))
 
     def evict(self, reason: CloseReason) -> None:
-        """Called by a topic's policy: close after the write in progress, within
-        `close_timeout`; what is still queued is dropped."""
+        """Called by a topic's policy (or to shed memory): close after the rest of a begun
+        frame, within `close_timeout`. What is still queued is dropped at once, and topics
+        offering more are told CLOSED: the memory is released now, not at the close."""
         if self._evicted is not None:
             return
         self._evicted = reason
+        self.outbox.close()
+        self.outbox.discard()
         self._close_within(self._settings.close_timeout)
         self._wake_up()
 
@@ -312,14 +266,15 @@ class WebSocketConnection:
         protocol error)."""
         if reason is not None and self._close_requested is None:
             if reason is not CloseReason.CLIENT_CLOSED:
-                log.info("connection %d: closing: %s", self.id, reason.reason)
+                protocol_errors.closed(self.id, reason.reason)
             self._close_requested = reason
             self._close_within(self._settings.close_timeout)
 
     def _close_within(self, seconds: float) -> None:
         self._deadline = deadline = min(self._deadline, trio.current_time() + seconds)
-        if self._wait is not None:  # a wait for input is cut short by `_wake_up` instead
-            self._wait.deadline = deadline
+        wait = self._wait
+        if wait is not None and deadline < wait.deadline:  # (its write deadline may be
+            wait.deadline = deadline  # sooner; a wait for input is cut short by `_wake_up`)
 
     def _wake_up(self) -> None:
         """The outbox (or a close) needs the task: stop its wait for input, if it waits."""
@@ -365,19 +320,27 @@ class WebSocketConnection:
                 await self._finish(self._evicted)
                 return None
             if len(outbox):  # what the kernel did not take at once
-                await self._write_batch()
+                await self._write_queued()
                 continue
             if self._close_requested is not None:
                 await self._finish(self._close_requested)
                 return None
             if wait_first:
+                deadline = self._frame_deadline
                 self._reading = True
                 try:
-                    await wait_readable(sock)  # a wake-up raises Cancelled out of `wake`
+                    if deadline is None:
+                        await wait_readable(sock)  # a wake-up raises Cancelled out of `wake`
+                    else:  # a client frame is incomplete: a scope only for this wait
+                        with trio.move_on_at(deadline):
+                            await wait_readable(sock)
                 finally:
                     self._reading = False
                 if wake.cancel_called:
                     return True
+                if deadline is not None and trio.current_time() >= deadline:
+                    self._request_close(CloseReason.RECEIVE_TIMEOUT)
+                    continue
             wait_first = True
             try:
                 data = sock.recv(RECEIVE_SIZE)
@@ -391,48 +354,51 @@ class WebSocketConnection:
             self._request_close(await self._receive(data))
 
     async def _send(self, data: bytes) -> None:
-        """Write all of `data` by the connection's deadline; a close decided meanwhile
-        shortens the wait (see `send_all`)."""
-        await send_all(self._sock, data, self._deadline, self._waiting)
+        """Write all of `data` within `write_timeout` (the connection's deadline, if
+        sooner); a close decided meanwhile shortens the wait (see `send_all`)."""
+        deadline = min(self._deadline, trio.current_time() + self._settings.write_timeout)
+        await send_all(self._sock, data, deadline, self._waiting)
 
     def _waiting(self, scope: trio.CancelScope | None) -> None:
         self._wait = scope
 
-    async def _write_batch(self) -> None:
-        """Write everything queued (up to MAX_BATCH_ITEMS), one send per MAX_BATCH_BYTES.
+    async def _write_queued(self) -> None:
+        """Write everything queued (`Outbox.write_queued`: scatter-gather over the shared
+        frames, items leave the outbox as written), waiting for room as needed. Once the
+        kernel is full, each WRITE_BATCH_BYTES of what is queued (all of it, if less) must
+        go within `write_timeout` (or the connection's deadline, if sooner), else
+        ConnectionLost: the client does not read, and what it held is released. After an
+        eviction only the rest of a begun frame is written.
 
-        Hot path for slow or bursty subscribers (guarded by `python -m benchmarks.quick`).
+        Hot path for slow or bursty subscribers (guarded by `python -m benchmarks.quick`);
+        a wait, its scope and the clock are only for a full kernel buffer.
         """
         outbox = self.outbox
-        render = outbox.render
-        send = self._send
-        batch = await outbox.take(MAX_BATCH_ITEMS)  # never waits: called with items queued
-        chunks: list[bytes] = []
-        size = 0
-        messages = 0
-        for item in batch:
-            kind = type(item)
-            if kind is Message:
-                data = render(item)  # type: ignore[arg-type]
-                messages += 1
-            elif kind is bytes:  # the rest of a frame the fast path began
-                data = item  # type: ignore[assignment]
-                messages += 1
-            elif kind is ControlFrame:
-                data = item.data  # type: ignore[attr-defined]
-            else:
-                assert kind is Gap
-                data = self._gap_frame(item)  # type: ignore[arg-type]
-            chunks.append(data)
-            size += len(data)
-            if size >= MAX_BATCH_BYTES:
-                await send(b"".join(chunks))
-                chunks.clear()
-                size = 0
-        if chunks:
-            await send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        outbox.written()
-        self._broker.counters.delivered += messages
+        left = 0  # bytes of the batch in progress still to write by `deadline`
+        deadline = math.inf
+        while True:
+            if self._evicted is not None:
+                outbox.discard()
+            try:
+                sent = outbox.write_queued()
+            except OSError as exc:
+                raise ConnectionLost(exc) from exc
+            if not len(outbox):
+                return
+            if sent:  # try again: wait only once the kernel takes nothing
+                left -= sent
+                continue
+            if left <= 0:
+                left = min(outbox.queued_bytes, WRITE_BATCH_BYTES)
+                deadline = trio.current_time() + self._settings.write_timeout
+            with trio.CancelScope(deadline=min(deadline, self._deadline)) as scope:
+                self._wait = scope
+                try:
+                    await wait_writable(self._sock)
+                finally:
+                    self._wait = None
+            if scope.cancelled_caught:
+                raise ConnectionLost("the client did not read in time")
 
     async def _finish(self, reason: CloseReason) -> None:
         """Write what is queued (not after an eviction), then the close frame, then read
@@ -442,8 +408,8 @@ class WebSocketConnection:
         if self._unanswered and self._evicted is None:
             await self._wait_for_answers()
         outbox.close()  # nothing more is queued; the task alone writes what is left
-        while len(outbox) and self._evicted is None:
-            await self._write_batch()
+        if len(outbox):
+            await self._write_queued()  # after an eviction, only a begun frame
         ws = self._ws
         if ws is None:  # wsproto takes over: it knows the closing handshake
             ws = self._ws = Connection(ConnectionType.SERVER)
@@ -489,23 +455,13 @@ class WebSocketConnection:
         if not self._unanswered and self._answered is not None:
             self._answered.set()
 
-    def _gap_frame(self, gap: Gap) -> bytes:
-        """`{"op": "gap", ...}`: messages of a topic dropped for this subscriber."""
-        return self._frame_wrap(
-            codec.encode_object(
-                self._format,
-                {"op": "gap", "topic": gap.topic, "skipped": gap.skipped,
-                 "from": gap.first, "to": gap.last},
-            )
-        )
-
     async def _queue(self, item: ControlFrame) -> None:
         """Queue a reply behind pending frames; it is written at once if nothing is in
         flight. With the outbox full this task writes first (a client that does not read
         its replies slows only itself)."""
         outbox = self.outbox
         while len(outbox) >= self._capacity and not outbox.closed:
-            await self._write_batch()
+            await self._write_queued()
         try:
             await outbox.put(item)  # there is room: no wait, no checkpoint
         except trio.ClosedResourceError:
@@ -535,7 +491,15 @@ class WebSocketConnection:
         """
         if self._ws is not None:
             return await self._receive_wsproto(data)
-        buffer = self._pending + data if self._pending else data
+        pending = self._pending
+        if pending:
+            pending += data  # type: ignore[operator]  (a bytearray: appended, not joined)
+            if len(pending) < self._need:  # its end is not there yet: nothing to parse
+                self._incomplete(len(pending), len(data))
+                return None
+            buffer: bytes | bytearray = pending
+        else:
+            buffer = data
         at = 0
         limit = self._max_frame
         while True:
@@ -557,15 +521,36 @@ class WebSocketConnection:
                     return reason
                 continue
             if kind == INCOMPLETE:
-                self._pending = buffer[at:]
+                if at == len(buffer):  # the usual end: every frame was complete
+                    if pending:
+                        self._pending = b""  # (a big frame's buffer is not kept)
+                        self._frame_deadline = self._frame_started = None
+                else:
+                    if at or buffer is not pending:  # what is left of one receive at most
+                        self._pending = bytearray(buffer[at:])
+                    self._need = end - at if end else 0  # 0: its header is not all there
+                    self._incomplete(len(buffer) - at, len(data))
                 self.outbox.flush()  # the answers queued while more frames followed
                 return None
             if kind == TOO_BIG:
                 return CloseReason.MESSAGE_TOO_BIG
             break  # OTHER
         self._pending = b""
+        self._frame_deadline = self._frame_started = None
         self._ws = Connection(ConnectionType.SERVER)
+        self._boundaries = FrameBoundaries()
         return await self._receive_wsproto(buffer[at:])
+
+    def _incomplete(self, received: int, arrived: int) -> None:
+        """Input stopped inside a client frame (or message) of which `received` bytes came,
+        the last `arrived` of them just now: it must be complete by `receive_deadline`."""
+        started = self._frame_started
+        if started is None or received <= arrived:  # it began in this receive
+            started = self._frame_started = trio.current_time()
+        settings = self._settings
+        self._frame_deadline = receive_deadline(
+            started, received, settings.header_timeout, settings.min_receive_rate
+        )
 
     async def _serve_frame(self, frame: str | bytes, is_text: bool) -> CloseReason | None:
         """Serve one complete client message; POLICY_VIOLATION after too many invalid."""
@@ -581,8 +566,20 @@ class WebSocketConnection:
     async def _receive_wsproto(self, data: bytes) -> CloseReason | None:
         """`_receive` through wsproto: any frame, fragments, control frames, errors."""
         ws = self._ws
-        assert ws is not None
+        boundaries = self._boundaries
+        assert ws is not None and boundaries is not None
+        boundaries.feed(data)
         ws.receive_data(data)
+        try:
+            return await self._serve_wsproto_events(ws)
+        finally:
+            if boundaries.incomplete:
+                self._incomplete(boundaries.received, len(data))
+            else:
+                self._frame_deadline = self._frame_started = None
+
+    async def _serve_wsproto_events(self, ws: Connection) -> CloseReason | None:
+        """Serve the events wsproto made of the input so far; the reason to close, if any."""
         for event in ws.events():
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:
@@ -729,10 +726,7 @@ def _protocol_reason_for(code: int | None) -> CloseReason:
 
 __all__ = [
     "RECEIVE_SIZE",
-    "RENDERERS",
     "ConnectionLost",
     "WebSocketConnection",
-    "render_cbor",
-    "render_json",
     "send_all",
 ]

@@ -8,8 +8,11 @@ Why not wsproto's handshake: it runs the request through h11 and builds h11 even
 quarter of the server's CPU per connection (`python -m benchmarks connect`, `idle`). Frames
 after the handshake are still wsproto's (`wsproto.connection.Connection`).
 
-Checks, in the order that decides the answer: an upgrade request at all (400), the path
-(404), then the names in the query (400 `invalid_topic`, 429 `too_many_subscriptions`).
+Checks, in the order that decides the answer: an upgrade request at all (400; one whose
+`Sec-WebSocket-Version` is missing or not 13 is told `Sec-WebSocket-Version: 13`, as RFC
+6455 section 4.2.2 asks), the path (404), then the names in the query (400
+`invalid_topic`; 400 `bad_request` for a `?client=` name over MAX_CLIENT_BYTES; 429
+`too_many_subscriptions`).
 Extensions (permessage-deflate) are never accepted: frames are pre-built once per message
 and written as they are to every subscriber.
 """
@@ -32,6 +35,11 @@ from .http_wire import HttpError, RequestHead, response_head
 # RFC 6455 section 1.3: appended to the client's key before hashing.
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 VERSION = b"13"
+# Longest `?client=` name, in UTF-8 bytes: it is kept per connection and repeated in every
+# presence listing (at the 64 KiB handshake limit, 200 clients made an 11 MiB listing).
+MAX_CLIENT_BYTES = 128
+# What a refusal says when the client's protocol version is not ours (RFC 6455 4.2.2).
+_VERSION_HEADER = ((b"sec-websocket-version", VERSION),)
 # Subprotocol name -> wire format; with none offered, broker.v1.json.
 SUBPROTOCOLS = {wire_format.subprotocol: wire_format for wire_format in WireFormat}
 DEFAULT_FORMAT = WireFormat.JSON
@@ -66,11 +74,13 @@ def accept_token(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-def reject(status: int, code: str, message: str) -> Reject:
+def reject(
+    status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> Reject:
     """A JSON error response (the body every HTTP error of the broker has)."""
     body = orjson.dumps(error_body(code, message))
     return Reject(status, code, response_head(status, b"application/json", len(body),
-                                              close=True) + body)
+                                              headers, close=True) + body)
 
 
 def reject_unreadable(error: HttpError) -> Reject:
@@ -85,7 +95,8 @@ def answer(head: RequestHead, path: str, max_subscriptions: int) -> Accept | Rej
     headers = dict(head.headers)  # the last value of each, as RequestHead.header reads
     problem = upgrade_problem(head, headers)
     if problem is not None:
-        return reject(400, "bad_request", f"not a WebSocket upgrade: {problem}")
+        version = () if headers.get(b"sec-websocket-version") == VERSION else _VERSION_HEADER
+        return reject(400, "bad_request", f"not a WebSocket upgrade: {problem}", version)
     if head.raw_path != path.encode("ascii"):
         return reject(404, "not_found", f"the WebSocket endpoint is {path}")
     patterns: list[str] = []
@@ -95,6 +106,9 @@ def answer(head: RequestHead, path: str, max_subscriptions: int) -> Accept | Rej
             patterns.append(value)
         elif name == "client":
             client = value
+    if len(client.encode("utf-8", "surrogatepass")) > MAX_CLIENT_BYTES:
+        return reject(400, "bad_request",
+                      f"a ?client= name is at most {MAX_CLIENT_BYTES} bytes (UTF-8)")
     try:
         for pattern in patterns:
             validate_pattern(pattern)
@@ -183,6 +197,7 @@ def query_fields(query: bytes) -> list[tuple[str, str]]:
 
 __all__ = [
     "GUID",
+    "MAX_CLIENT_BYTES",
     "SUBPROTOCOLS",
     "Accept",
     "Reject",

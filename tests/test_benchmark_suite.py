@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Every case a --quick run of the whole suite reports (idle is not part of --quick).
 QUICK_CASES = {
-    "single", "ws-publish", "ws-publish-window", "bulk", "concurrent", "connect-50",
+    "single", "wrk", "ws-publish", "ws-publish-window", "bulk", "concurrent", "connect-50",
     "connect-200", "e2e",
     "e2e-lean", "broadcast", "fanout", "fanout-single", "sustained", "levels.minimal",
     "levels.light", "levels.low", "levels.medium", "levels.summary", "mixed", "mixed.register",

@@ -5,6 +5,7 @@ Other clients are unaffected and the broker keeps serving; each test checks both
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 
 import cbor2
@@ -14,6 +15,10 @@ import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
+
+from broker import Settings, SlowConsumerPolicy, TopicSettings
+from gateways.websocket import _handshake
+from gateways.ws_handshake import Accept
 
 from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
@@ -368,3 +373,77 @@ def test_accepted_connections_have_no_nagle_delay_and_a_low_unsent_mark() -> Non
             if hasattr(socket, "TCP_NOTSENT_LOWAT"):
                 lowat = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
                 assert lowat == NOTSENT_LOWAT
+
+
+@pytest.mark.parametrize("lead", [b"", masked_frame(0x9, b"ping")])
+async def test_a_frame_begun_and_never_finished_is_closed_with_1008(
+    start_broker: StartBroker, lead: bytes
+) -> None:
+    """Before, a connection holding half a frame and then silence was kept for good. Now
+    it has header_timeout + bytes so far / min_receive_rate (here 0.2 + 0.09 s); with a
+    ping first, wsproto parses the input and the same bound holds."""
+    running = await start_broker(header_timeout=0.2, min_receive_rate=100.0)
+    raw = await RawWebSocket.connect(running.addresses.ws_port)
+    await raw.send(lead + masked_frame(0x1, b'{"op": "ping", "id": 1}' * 10)[:9])
+    started = trio.current_time()
+    frames, close = await raw.read_until_close()
+    took = trio.current_time() - started
+    assert close is not None and close.close_code == 1008
+    assert close.payload[2:] == b"frame not completed in time"
+    assert 0.2 <= took < 2.0
+    assert [f.opcode for f in frames] == ([0xA] if lead else [])  # the pong
+    await raw.aclose()
+
+
+async def test_a_subscriber_that_stops_reading_is_dropped_after_write_timeout(
+    start_broker: StartBroker,
+) -> None:
+    """drop-oldest never evicts; the write deadline does, and the topic forgets it."""
+    running = await start_broker(write_timeout=0.3, topic_defaults=TopicSettings(
+        slow_consumer_policy=SlowConsumerPolicy.DROP_OLDEST))
+    stalled = await RawWebSocket.connect(running.addresses.ws_port, "/v1/ws?topic=feed",
+                                         receive_buffer=4096)
+    await wait_until(lambda: _subscribers(running, "feed", 1))
+    async with httpx.AsyncClient(base_url=running.http_url) as http:
+        for _ in range(16):  # 1 MiB: far more than the socket buffers hold
+            assert (await http.post("/v1/topics/feed", content=b"x" * 65536)).status_code == 202
+    await wait_until(lambda: _subscribers(running, "feed", 0), timeout=3)
+    await wait_until(_connections_equal(running.broker, 0))
+    await stalled.aclose()
+
+
+async def test_a_handshake_trickled_byte_by_byte_is_read_whole() -> None:
+    """The head's end is searched for in the new bytes only (with the 3 before them), so
+    a `\\r\\n\\r\\n` split across receives is found, and a long head costs linear time."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    head = (b"GET /v1/ws?client=" + b"n" * 100 + b" HTTP/1.1\r\nHost: h\r\nUpgrade: websocket"
+            b"\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+    early = masked_frame(0x1, b'{"op": "ping", "id": 1}')
+    try:
+        with trio.fail_after(5):
+            accepted = await _handshake_trickled(ours, theirs, head, early)
+        assert accepted is not None
+        accept, rest = accepted
+        assert accept.client == "n" * 100 and rest == early
+        assert theirs.recv(4096).startswith(b"HTTP/1.1 101 ")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+async def _handshake_trickled(
+    ours: socket.socket, theirs: socket.socket, head: bytes, early: bytes
+) -> tuple[Accept, bytes] | None:
+    """`_handshake` reading `head` sent one byte per receive, `early` behind its end."""
+
+    async def trickle() -> None:
+        for at in range(len(head) - 1):
+            theirs.send(head[at:at + 1])
+            await trio.testing.wait_all_tasks_blocked()  # read before the next
+        theirs.send(head[-1:] + early)  # a first frame right behind the head
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        return await _handshake(ours, Settings())

@@ -12,7 +12,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from gateways.ws_connection import (
+from gateways.ws_reader import (
     DATA,
     INCOMPLETE,
     OTHER,
@@ -45,6 +45,14 @@ def wsproto_messages(data: bytes) -> list[object]:
     return found
 
 
+def is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def fast_messages(data: bytes, limit: int = LIMIT) -> list[object]:
     """The same through `client_data_frame` + `unmask`, stopping where wsproto takes over."""
     found: list[object] = []
@@ -52,7 +60,11 @@ def fast_messages(data: bytes, limit: int = LIMIT) -> list[object]:
     while at < len(data):
         kind, start, end = client_data_frame(data, at, limit)
         if kind == DATA:
-            found.append((data[at] & 0x0F, unmask(data, start, end)))
+            payload = unmask(data, start, end)
+            if data[at] == 0x81 and not is_utf8(payload):
+                found.append("other")  # the connection hands it to wsproto (1007)
+                break
+            found.append((data[at] & 0x0F, payload))
             at = end
             continue
         found.append({INCOMPLETE: "incomplete", OTHER: "other", TOO_BIG: "too big"}[kind])

@@ -18,6 +18,7 @@ from wsproto.utilities import generate_accept_token
 from broker import WireFormat
 from gateways.http_wire import HttpError, parse_head
 from gateways.ws_handshake import (
+    MAX_CLIENT_BYTES,
     Accept,
     Reject,
     accept_token,
@@ -198,6 +199,41 @@ def without(name: bytes) -> bytes:
 )
 def test_anything_but_a_valid_upgrade_is_a_json_400(data: bytes) -> None:
     assert error_of(answer_to(data)) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "version", [None, b"8", b"14", b"13, 8"]
+)
+def test_a_refused_version_is_told_the_version_we_speak(version: bytes | None) -> None:
+    headers = without(b"sec-websocket-version")
+    if version is not None:
+        headers += b"Sec-WebSocket-Version: " + version + b"\r\n"
+    result = answer_to(request(headers=headers))
+    assert error_of(result) == (400, "bad_request")
+    assert response_parts(result.response)[1][b"sec-websocket-version"] == b"13"
+
+
+def test_other_refusals_do_not_mention_the_version() -> None:
+    result = answer_to(request(line=b"POST /v1/ws HTTP/1.1"))
+    assert b"sec-websocket-version" not in response_parts(result.response)[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("x" * MAX_CLIENT_BYTES, True),
+        ("x" * (MAX_CLIENT_BYTES + 1), False),
+        ("é" * (MAX_CLIENT_BYTES // 2), True),  # two bytes each in UTF-8
+        ("é" * (MAX_CLIENT_BYTES // 2 + 1), False),
+        ("x" * 10_000, False),
+    ],
+)
+def test_a_client_name_is_at_most_128_bytes(name: str, accepted: bool) -> None:
+    result = answer_to(request(b"/v1/ws?client=" + quote(name).encode()))
+    if accepted:
+        assert isinstance(result, Accept) and result.client == name
+    else:
+        assert error_of(result) == (400, "bad_request")
 
 
 @pytest.mark.parametrize("target", [b"/elsewhere", b"/v1/ws/", b"/v1/%77s", b"/"])

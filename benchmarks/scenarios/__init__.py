@@ -22,6 +22,7 @@ from .idle import idle_available, run_idle_scenario
 from .levels import LEVEL_NAMES, run_levels
 from .mixed import run_mixed
 from .publish import run_bulk, run_concurrent, run_single
+from .wrk import run_wrk
 from .ws_publish import run_ws_publish
 
 Cases = dict[str, dict[str, Any]]
@@ -42,6 +43,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("single", run_single, "sequential publishes on one keep-alive connection"),
     Scenario("ws-publish", run_ws_publish,
              "sequential publish ops on one held WebSocket connection"),
+    Scenario("wrk", run_wrk, "HTTP publishes driven by wrk, 16 keep-alive connections"),
     Scenario("bulk", run_bulk, "publishes in batches of 50 (latency per batch)"),
     Scenario("concurrent", run_concurrent, "20 publishers, one keep-alive connection each"),
     Scenario("connect", run_connect, "WebSocket connect + subscribe, 50 and 1,000 at once"),

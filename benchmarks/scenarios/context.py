@@ -28,6 +28,7 @@ class Sizes:
     """How large each scenario runs; `QUICK` keeps the whole suite under a minute."""
 
     single_messages: int = 5000
+    wrk_seconds: float = 5.0  # `wrk` drives publishes this long
     ws_publish_messages: int = 5000  # sequential publishes on one WebSocket connection
     ws_window_messages: int = 20000  # then the same with 64 in flight (pipelined)
     bulk_batches: int = 200
@@ -51,7 +52,8 @@ class Sizes:
 
 
 QUICK = Sizes(
-    single_messages=300, ws_publish_messages=300, ws_window_messages=300, bulk_batches=20,
+    single_messages=300, wrk_seconds=1.0, ws_publish_messages=300, ws_window_messages=300,
+    bulk_batches=20,
     concurrent_messages=20,
     connect_clients=(50, 200),
     e2e_messages=50, fanout=(200, 20), sustained_seconds=1.0, level_messages=10,
