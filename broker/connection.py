@@ -54,11 +54,9 @@ class Subscriber:
 
     def evict(self, reason: CloseReason) -> None:
         """Tell the connection to close for `reason` (called by a topic's policy, or by
-        the memory budget shedding). Its outbox takes nothing more from now on (offers
-        answer CLOSED, so every topic forgets it at its next message): a subscriber being
-        closed does not keep growing for the `close_timeout` its close may take."""
+        the memory budget shedding); the connection closes its outbox and drops what it
+        queued at once."""
         self.evicted = True
-        self.outbox.close()
         self._on_evict(reason)
 
     @property

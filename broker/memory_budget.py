@@ -49,8 +49,8 @@ NEAR_SAMPLE_SECONDS = 0.01
 # Overloaded (publishes refused) from the budget down to this fraction of it.
 LOW_WATER = 0.9
 # From this fraction of the budget the largest queues are shed, down to `SHED_TO`: early
-# enough that shed subscribers' queues are released (within `close_timeout`) before a
-# flood reaches the budget, unless it brings more than the headroom in that time.
+# enough that a flood is shed before it reaches the budget, unless it brings more than
+# the headroom between two looks (and what shed subscribers still hold, see `sample`).
 SHED_AT = 0.75
 SHED_TO = 0.65
 # What one idle topic costs (its actor's task, mailbox, history, directory entry), measured
@@ -165,7 +165,7 @@ class MemoryStatistics:
 
     budget: int  # 0: no budget
     used: int
-    releasing: int  # of `used`: queues of shed subscribers, still closing
+    releasing: int  # of `used`: what shed subscribers, still closing, hold
     figures: MemoryFigures
     overloaded: bool
     shed: int  # subscribers closed to get under the budget, since start
@@ -221,13 +221,11 @@ class MemoryBudget:
         """Measure; from `SHED_AT` of the budget, shed the subscribers with the most queued
         until under `SHED_TO`; at the budget, overloaded until under `LOW_WATER`.
 
-        Shedding does not free memory at once: a shed subscriber's queue is released when
-        its close is done (within `close_timeout`; its socket is full, so the close frame
-        waits that long). Shedding therefore starts below the budget, so that a flood
-        slower than the headroom over that time never reaches it, and the queues of
-        subscribers already being shed count as released for the next shedding decision
-        (no one is shed for bytes on their way out). The refusal counts everything still
-        held: it is the hard bound."""
+        A shed subscriber drops its queue at once, but what it still holds until its
+        close is done (the rest of a begun frame; within `close_timeout`) counts as on its
+        way out for the next shedding decision, so no one is shed for it. Shedding starts
+        below the budget so that a flood slower than the headroom between two looks never
+        reaches it. The refusal counts everything still held: it is the hard bound."""
         figures = self._last = self._measure()
         budget = self.budget
         if not budget:
