@@ -74,7 +74,9 @@ class _StartedRelay:
 
     def __init__(self, status: trio.TaskStatus[Any]) -> None:
         self._status = status
-        self.has_started = False
+        # A child nobody waits for (`Supervisor.start_soon`) counts as started from the
+        # first: its crashes go to its policy.
+        self.has_started = status is trio.TASK_STATUS_IGNORED
 
     def started(self, value: Any = None) -> None:
         if not self.has_started:
@@ -109,6 +111,19 @@ class Supervisor:
         # The task is named after the child: one string shared with it, not a new one per
         # task (trio makes "module.qualname" otherwise), and it reads better in a trace.
         return await self._nursery.start(self._supervise, name, child, policy, name=name)
+
+    def start_soon(
+        self, name: str, child: Child, *, policy: RestartPolicy = STOP_ON_CRASH
+    ) -> None:
+        """Start `child` under supervision without waiting for it to be ready: for children
+        reached through something made before they run (an actor's mailbox address). Its
+        `started()` is ignored and every crash, even before it, is decided by `policy`.
+
+        Cheaper than `start` (no temporary nursery whose cancel status the task keeps:
+        ~0.6 KB per child, and a scheduler round less per topic created)."""
+        self._nursery.start_soon(
+            self._supervise, name, child, policy, trio.TASK_STATUS_IGNORED, name=name
+        )
 
     def cancel(self) -> None:
         """Cancel every child (and the supervisor's nursery)."""

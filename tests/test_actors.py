@@ -433,6 +433,24 @@ async def test_a_crash_before_started_is_raised_to_the_start_caller_and_not_rest
     assert calls == []
 
 
+async def test_start_soon_does_not_wait_and_a_crash_before_started_goes_to_the_policy() -> (
+    None
+):
+    child = Child(crash_before_started=True)
+    policy = RestartPolicy(max_restarts=2, exhausted=Decision.STOP)
+    calls: list[tuple[str, BaseException, Decision]] = []
+    async with open_supervisor("sup", on_crash=lambda *args: calls.append(args)) as supervisor:
+        supervisor.start_soon("early", child, policy=policy)
+        assert child.attempts == 0  # not run yet: the caller did not wait
+        await trio.testing.wait_all_tasks_blocked()
+        stats = supervisor.statistics()
+    assert child.attempts == 3
+    assert (stats.crashes, stats.restarts, stats.stops) == (3, 2, 1)
+    assert [decision for _, _, decision in calls] == [
+        Decision.RESTART, Decision.RESTART, Decision.STOP,
+    ]
+
+
 async def test_a_crashing_child_is_restarted_and_its_sibling_is_untouched() -> None:
     flaky = Child(crashes=3)
     steady = Child()
