@@ -62,8 +62,8 @@ TOPIC_BYTES = 6 * 1024
 CONNECTION_BYTES = 8 * 1024
 # A frame queued for a subscriber pins its message, payload included, once history has
 # let go of it: counted as the frame twice (a JSON or text payload is about its frame's
-# size). Measured: 8 stalled subscribers flooded with 256 KiB text messages grew RSS by
-# 2.0 x their `queued_bytes` (`tests/test_attack_memory.py`).
+# size). Measured: 8 stalled subscribers, one topic each, flooded with 256 KiB text
+# messages (history 1) grew RSS by 2.0 x the sum of their `queued_bytes`.
 QUEUED_FACTOR = 2
 # When `used` has fallen by this fraction of the budget since its high point, the C heap
 # is trimmed (`give_back_memory`): RSS follows what the broker holds, not its past peak.
