@@ -63,7 +63,9 @@ CONNECTION_BYTES = 8 * 1024
 # A frame queued for a subscriber pins its message, payload included, once history has
 # let go of it: counted as the frame twice (a JSON or text payload is about its frame's
 # size). Measured: 8 stalled subscribers, one topic each, flooded with 256 KiB text
-# messages (history 1) grew RSS by 2.0 x the sum of their `queued_bytes`.
+# messages (history 1) grew RSS by 2.0 x the sum of their `queued_bytes`. A frame shared
+# by many subscribers (fan-out) is counted for each: the tally errs high there, so slow
+# subscribers of a busy topic are shed early rather than late.
 QUEUED_FACTOR = 2
 # When `used` has fallen by this fraction of the budget since its high point, the C heap
 # is trimmed (`give_back_memory`): RSS follows what the broker holds, not its past peak.
