@@ -76,20 +76,30 @@ SHED_FLOOR_BYTES = 64 * 1024
 DEFAULT_FRACTION = 0.5
 
 
-def machine_memory() -> int:
+MEMINFO = Path("/proc/meminfo")
+# cgroup v2, then v1: the container's memory limit ("max" or a huge number: none).
+CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def machine_memory(
+    meminfo: Path = MEMINFO, cgroup_limits: tuple[Path, ...] = CGROUP_LIMITS
+) -> int:
     """Bytes of memory this process may use: MemTotal, or the cgroup's limit if lower;
     0 if neither can be read (then there is no default budget)."""
     total = 0
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemTotal:"):
                 total = int(line.split()[1]) * 1024
                 break
     except (OSError, ValueError, IndexError):
         pass
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for limit_file in cgroup_limits:
         try:
-            limit = int(Path(limit_file).read_text().strip())  # "max" raises: no limit
+            limit = int(limit_file.read_text().strip())  # "max" raises: no limit
         except (OSError, ValueError):
             continue
         if 0 < limit < (total or limit + 1):
@@ -287,7 +297,8 @@ class MemoryBudget:
         self.refused += 1
 
     def statistics(self) -> MemoryStatistics:
-        figures = self._last
+        """The last look's figures; with no budget (no looks), measured now (a scrape)."""
+        figures = self._last if self.budget else self._measure()
         return MemoryStatistics(
             budget=self.budget, used=figures.used, releasing=self.releasing, figures=figures,
             overloaded=self.overloaded, shed=self.shed, refused=self.refused,

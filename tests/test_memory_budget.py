@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -171,13 +172,14 @@ def test_subscribers_that_keep_up_are_never_shed_even_over_the_budget() -> None:
     assert not any(r.evicted for r in readers)
 
 
-def test_a_budget_of_zero_never_refuses_and_never_looks() -> None:
+def test_a_budget_of_zero_never_refuses_but_still_shows_the_tally() -> None:
     usage = FakeUsage()
     budget = usage.budget(0)
     usage.retained = 10**12
     budget.sample()
     assert not budget.overloaded
-    assert budget.statistics().budget == 0
+    usage.retained = 123
+    assert (budget.statistics().budget, budget.statistics().used) == (0, 123)
 
 
 async def test_the_budget_looks_on_its_own_and_more_often_near_the_budget(
@@ -210,6 +212,21 @@ def test_max_memory_defaults_to_half_the_machines_memory_and_is_a_setting() -> N
     assert load_settings({"max_memory": "123456"}, environ={}).max_memory == 123456
     with pytest.raises(SettingsError):
         load_settings({"max_memory": "-1"}, environ={})
+
+
+def test_the_machines_memory_is_memtotal_or_the_cgroup_limit_if_lower(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:  100 kB\n")
+    limit = tmp_path / "memory.max"
+    assert machine_memory(meminfo, ()) == 16_000_000 * 1024
+    limit.write_text("max\n")  # cgroup v2 without a limit
+    assert machine_memory(meminfo, (limit,)) == 16_000_000 * 1024
+    limit.write_text("4294967296\n")
+    assert machine_memory(meminfo, (limit,)) == 4294967296
+    limit.write_text("9223372036854771712\n")  # cgroup v1 without a limit
+    assert machine_memory(meminfo, (limit,)) == 16_000_000 * 1024
+    assert machine_memory(tmp_path / "none", (limit,)) == 9223372036854771712
+    assert machine_memory(tmp_path / "none", ()) == 0
 
 
 # -- the broker's own accounting and refusals (in-process, no sockets) -----------------------
