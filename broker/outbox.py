@@ -23,7 +23,10 @@ Message frames are queued as `Message` objects, not bytes, so a policy knows eac
 topic and offset (drop-oldest reports gaps per topic).
 
 Bounds: `capacity` items and `max_bytes` of `queued_bytes`; past either an offer is FULL
-(an empty outbox takes any one frame, so no message is undeliverable). Grace
+(an empty outbox takes any one frame, so no message is undeliverable). A burst's messages
+are counted in bytes when it is flushed (the fan-out hot path does nothing more per
+message and subscriber), so an outbox may pass `max_bytes` by one burst, which its topic
+holds anyway; the next offer is then FULL. Grace
 (`disconnect` policy): past them, `offer_in_grace` still queues, up to `GRACE_FACTOR` x
 both, for as long as the outbox has been full for less than the topic's grace period; a
 write that completes a queued item ends that period. So a subscriber that pauses briefly
@@ -36,6 +39,7 @@ import enum
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import trio
 from trio.lowlevel import ParkingLot
@@ -47,6 +51,9 @@ from .metrics import BrokerCounters
 GRACE_FACTOR = 2
 # Most bytes gathered for one write; past that, the next write takes the rest.
 WRITE_MAX_BYTES = 256 * 1024
+# Fewest bytes gathered for one write (after the kernel took little or nothing): about
+# what a socket whose unsent bytes fell below its low mark (NOTSENT_LOWAT) takes.
+WRITE_MIN_BYTES = 16 * 1024
 # Most frames gathered for one `sendmsg` (IOV_MAX is 1024 on Linux).
 WRITE_MAX_FRAMES = 1024
 # `queued_bytes` bound of an outbox made without one (tests); connections pass
@@ -129,9 +136,11 @@ class Outbox:
         "_begun",
         "_capacity",
         "_closed",
+        "_counted",
         "_counters",
         "_free",
         "_gaps",
+        "_gather",
         "_items",
         "_max_bytes",
         "_over_since",
@@ -169,6 +178,9 @@ class Outbox:
         # `max_bytes - queued_bytes`, kept up to date by every change to `_items` (O(1)
         # each; the room left rather than the bytes used: one operation less per offer).
         self._free = max_bytes
+        # Items at the front whose bytes `_free` counts; those after it were queued by a
+        # burst (`offer(lone=False)`) and are counted later (`_settle`).
+        self._counted = 0
         self._wanted = 0  # size of the last frame refused as FULL (see `wait_room`)
         self._render = render
         self._render_gap = render_gap
@@ -183,6 +195,7 @@ class Outbox:
         # until the queue is empty, and `flush` only wakes it.
         self._writing = False
         self._gaps: dict[str, Gap] = {}
+        self._gather = WRITE_MAX_BYTES  # bytes `write_queued` gathers (see there)
         # When the outbox became full with no item written since (grace period).
         self._over_since: float | None = None
         # Made on first use: most connections never wait on either, and with thousands of
@@ -201,19 +214,31 @@ class Outbox:
         if self._closed:
             return Offer.CLOSED
         items = self._items
+        if not lone:
+            # A burst: only queued, its bytes counted when it is flushed (or by anything
+            # else that needs them: `_settle`); FULL at `outbox_size`, or once the bytes
+            # counted so far reach `outbox_bytes`. The hot path of fan-out: nothing more
+            # per message and subscriber (`python -m benchmarks.forward_cpu`).
+            if len(items) >= self._capacity or self._free <= 0:
+                self._wanted = 1
+                return Offer.FULL
+            items.append(message)
+            return Offer.ACCEPTED
         # Rendered now, not at the write: its size is counted exactly, and the frame is
         # made once per message per wire format either way (cached on the message; read
-        # here without the method call: hot path, `benchmarks.quick` fanout-bulk).
+        # here without the method call: hot path, `python -m benchmarks.quick` fanout).
         try:
             frame = message._rendered[self._render]
         except KeyError:
             frame = message.rendered(self._render)
         size = len(frame)
         if items:
+            if self._counted != len(items):
+                self._settle()
             if len(items) >= self._capacity or size > self._free:
                 self._wanted = size
                 return Offer.FULL
-        elif lone and not self._writing and self._write_now is not None and not self._gaps:
+        elif not self._writing and self._write_now is not None and not self._gaps:
             # The usual case: nothing queued, the frame goes straight to the socket.
             try:
                 sent = self._write_now(frame)
@@ -224,23 +249,25 @@ class Outbox:
                 return Offer.CLOSED  # the peer is gone
             except BaseException:
                 items.append(message)  # not written: it stays queued
+                self._counted = 1
                 self._free -= size
                 raise
             if sent == size:
                 self._counters.delivered += 1
                 return Offer.ACCEPTED
             items.append(memoryview(frame)[sent:] if sent else message)
+            self._counted = 1
             self._begun = sent > 0
             self._free = self._max_bytes - (size - sent)
             self._writing = True
             self._wake()
             return Offer.ACCEPTED
         items.append(message)
+        self._counted += 1
         self._free -= size
-        if lone:
-            self.flush()
-            if self._closed:
-                return Offer.CLOSED  # the write found the peer gone
+        self.flush()
+        if self._closed:
+            return Offer.CLOSED  # the write found the peer gone
         return Offer.ACCEPTED
 
     def flush(self, burst: Burst | None = None) -> None:
@@ -268,12 +295,16 @@ class Outbox:
                 return
             if sent == len(data):
                 items.clear()
-                self._free += sent
+                if self._counted:  # (what was counted of the burst: all that was counted)
+                    self._free = self._max_bytes
+                    self._counted = 0
                 self._counters.delivered += len(burst.messages)
                 if self._room:
                     self._room.unpark_all()
                 return
+            self._settle()
             self._consume([m.rendered(self._render) for m in burst.messages], sent)
+            self._counted = len(items)
         else:
             try:
                 self.write_queued()
@@ -284,32 +315,46 @@ class Outbox:
             self._wake()
 
     def write_queued(self) -> int:
-        """Write from the front of the queue what the kernel takes now (up to
-        WRITE_MAX_FRAMES frames, WRITE_MAX_BYTES, in one call); the bytes written (0 when
-        the kernel's buffer is full). Raises OSError (and the outbox is closed) when the
-        peer is gone. The connection's task calls it when the socket has room, until the
-        queue is empty; that ends its turn as writer (`flush` writes again)."""
+        """Write from the front of the queue what the kernel takes now, in one call; the
+        bytes written (0 when the kernel's buffer is full). Raises OSError (and the outbox
+        is closed) when the peer is gone. The connection's task calls it when the socket
+        has room, until the queue is empty; that ends its turn as writer (`flush` writes
+        again).
+
+        Gathers up to WRITE_MAX_FRAMES frames and `_gather` bytes: about what the kernel
+        took last time (doubling while it takes everything, up to WRITE_MAX_BYTES), so a
+        subscriber that reads slowly does not have the same frames gathered again and
+        again for a kernel that takes a few of them (`python -m benchmarks.quick`,
+        sustained)."""
         items = self._items
+        if self._counted != len(items):
+            self._settle()
         if self._gaps:
             self._report_gaps()
         frames: list[bytes | memoryview] = []
-        size = 0
+        size = replies = 0
+        limit = self._gather
         render = self._render
         for item in items:
             kind = type(item)
             if kind is Message:
-                frame = item.rendered(render)  # type: ignore[union-attr]
+                try:  # queued messages were rendered when offered: no method call
+                    frame = item._rendered[render]  # type: ignore[union-attr]
+                except KeyError:
+                    frame = item.rendered(render)  # type: ignore[union-attr]
             elif kind is ControlFrame:
                 frame = item.data  # type: ignore[union-attr]
+                replies += 1
             else:
                 frame = item  # type: ignore[assignment]
             frames.append(frame)
             size += len(frame)
-            if size >= WRITE_MAX_BYTES or len(frames) >= WRITE_MAX_FRAMES:
+            if size >= limit or len(frames) >= WRITE_MAX_FRAMES:
                 break
         if not frames:
             self._writing = False
             return 0
+        self._counted = len(items)  # (gap reports placed: counted)
         try:
             if len(frames) == 1:
                 sent = self._write_now(frames[0])  # type: ignore[misc, arg-type]
@@ -318,11 +363,30 @@ class Outbox:
             else:  # no scatter-gather: one joined copy, for this write only
                 sent = self._write_now(b"".join(frames))  # type: ignore[misc]
         except BlockingIOError:
+            self._gather = WRITE_MIN_BYTES
             return 0
         except OSError:
             self.close()
             raise
-        self._consume(frames, sent)
+        if sent < size:
+            self._gather = max(sent, WRITE_MIN_BYTES)
+            self._consume(frames, sent)
+        else:  # all of it: no frame to look at again (the usual case)
+            if limit < WRITE_MAX_BYTES:
+                self._gather = min(limit * 2, WRITE_MAX_BYTES)
+            count = len(frames)
+            if count == len(items):
+                items.clear()
+            else:
+                for _ in range(count):
+                    items.popleft()
+            self._free += sent
+            self._begun = False
+            self._over_since = None  # the subscriber reads: a new grace period if full
+            self._counters.delivered += count - replies
+            if self._room:
+                self._room.unpark_all()
+        self._counted = len(items)
         if not items:
             self._writing = False
         return sent
@@ -357,6 +421,19 @@ class Outbox:
         self._counters.delivered += delivered
         if self._room:
             self._room.unpark_all()
+
+    def _settle(self) -> None:
+        """Count the bytes of the messages a burst queued (`offer(lone=False)` leaves them
+        to this): each once, so O(1) per message in all."""
+        items = self._items
+        tail = len(items) - self._counted
+        if tail > 0:
+            render = self._render
+            free = self._free
+            for item in reversed(list(islice(reversed(items), tail))):  # (in order)
+                free -= len(item.rendered(render))  # type: ignore[union-attr]
+            self._free = free
+        self._counted = len(items)
 
     def _report_gaps(self) -> None:
         """Put each pending `Gap`'s frame just before the next queued message of its
@@ -405,6 +482,7 @@ class Outbox:
             self._over_since = now
         elif now - self._over_since > grace:
             return Offer.FULL
+        self._settle()
         size = len(message.rendered(self._render))
         if (
             len(self._items) >= self._capacity * GRACE_FACTOR
@@ -412,6 +490,7 @@ class Outbox:
         ):
             return Offer.FULL
         self._items.append(message)
+        self._counted += 1
         self._free -= size
         self._wake()
         return Offer.ACCEPTED
@@ -422,6 +501,7 @@ class Outbox:
         itself if that is not enough; either way a `Gap` is reported before the topic's
         next message. Only this topic's frames are touched: other topics' promises hold.
         Called by a topic whose `offer` answered FULL (so this is the slow path)."""
+        self._settle()
         items = self._items
         render = self._render
         size = len(message.rendered(render))
@@ -435,12 +515,14 @@ class Outbox:
                 index += 1
             else:
                 self._dropped(message)  # nothing more of this topic to drop: skip it
+                self._counted = len(items)
                 self._wake()
                 return
             del items[index]
             self._free += len(item.rendered(render))  # type: ignore[union-attr]
             self._dropped(item)  # type: ignore[arg-type]
         items.append(message)
+        self._counted = len(items)
         self._free -= size
         self._wake()
 
@@ -458,10 +540,12 @@ class Outbox:
     async def wait_room(self) -> None:
         """Wait until an offer would not be FULL (or the outbox is closed): `block` policy.
         Room in bytes means room for the frame last refused as FULL."""
-        while not self._closed and self._items and (
-            len(self._items) >= self._capacity
-            or self._wanted > self._free
-        ):
+        while True:
+            self._settle()
+            if self._closed or not self._items or (
+                len(self._items) < self._capacity and self._wanted <= self._free
+            ):
+                return
             await self._room_lot().park()
 
     def offer_control(self, item: ControlFrame) -> Offer:
@@ -470,7 +554,9 @@ class Outbox:
             return Offer.CLOSED
         if len(self._items) >= self._capacity:
             return Offer.FULL
+        self._settle()
         self._items.append(item)
+        self._counted += 1
         self._free -= _size(item, self._render)
         self._wake()
         return Offer.ACCEPTED
@@ -492,7 +578,9 @@ class Outbox:
             return
         items = self._items
         if more or items or self._writing or self._write_now is None or self._gaps:
+            self._settle()
             items.append(ControlFrame(frame))
+            self._counted += 1
             self._free -= len(frame)
             if not more:
                 self.flush()
@@ -500,6 +588,7 @@ class Outbox:
         sent = self._write(self._write_now, frame)
         if sent is not None and sent < len(frame):
             items.append(ControlFrame(frame[sent:]))  # the rest goes before anything else
+            self._counted = 1
             self._begun = sent > 0
             self._free -= len(frame) - sent
             self._writing = True
@@ -515,7 +604,9 @@ class Outbox:
             await self._room_lot().park()
         if self._closed:
             raise trio.ClosedResourceError("the outbox is closed")
+        self._settle()
         self._items.append(item)
+        self._counted += 1
         self._free -= _size(item, self._render)
         self.flush()  # a reply goes out now if nothing is in flight: no writer wake
 
@@ -533,7 +624,9 @@ class Outbox:
             await self._writer.park()
         self._writing = True
         self._over_since = None  # the writer is moving: a new grace period if full again
+        self._settle()
         batch: list[object] = [items.popleft() for _ in range(min(len(items), max_items))]
+        self._counted = len(items)
         self._free += sum(_size(item, self._render) for item in batch)
         self._begun = False
         if self._room:
@@ -557,7 +650,9 @@ class Outbox:
         """Bytes this outbox holds for its connection: every queued frame (a message's
         frame in this outbox's wire format, rendered when offered; a reply) and the rest
         of a begun frame. Pending gap reports (a few dozen bytes per topic) are not
-        counted until placed in the queue. Kept up to date per change, O(1) to read."""
+        counted until placed in the queue. Kept up to date per change (a burst's messages
+        when it is flushed, or when this is read before), O(1) per message in all."""
+        self._settle()
         return self._max_bytes - self._free
 
     @property
@@ -593,6 +688,7 @@ class Outbox:
         else:
             items.append(keep)
             self._free -= _size(keep, self._render)
+        self._counted = len(items)
         if self._room:
             self._room.unpark_all()
 

@@ -422,3 +422,49 @@ async def test_discard_releases_everything_but_a_begun_frame() -> None:
     outbox.offer(message(5))  # closed: nothing more
     outbox.discard()
     assert len(outbox) == 0 and outbox.queued_bytes == 0
+
+
+async def test_a_write_gathers_about_what_the_kernel_took_last_time() -> None:
+    """A slow reader's frames are not gathered again and again for a kernel that takes a
+    few of them: after a partial write the next gathers about that much (16 KiB at least),
+    doubling while the kernel takes everything."""
+    outbox, sock = make(capacity=1000, sock=FakeSocket(room=0), max_bytes=1 << 30)
+    for n in range(400):
+        outbox.offer(message(n, data=b"x" * 998), lone=False)  # 1,000-byte frames
+    sock.room = 5000
+    assert outbox.write_queued() == 5000
+    sock.room = 1 << 20
+    outbox.write_queued()
+    outbox.write_queued()
+    assert sock.buffers == [263, 17, 33]  # 256 KiB, then 16 KiB, then 32 KiB
+
+
+async def test_a_burst_is_counted_when_flushed_and_the_next_offer_past_the_bytes_is_full(
+) -> None:
+    """Burst offers only queue (the fan-out hot path); the burst's bytes are counted when
+    it is flushed, or read: the outbox may pass `outbox_bytes` by one burst, no more."""
+    outbox, sock = make(100, sock=FakeSocket(room=0), max_bytes=8)
+    for n in range(4):
+        assert outbox.offer(message(n), lone=False) is Offer.ACCEPTED  # 12 bytes queued
+    assert outbox.queued_bytes == 12  # counted when read
+    assert outbox.offer(message(4), lone=False) is Offer.FULL  # 12 >= 8: full now
+    assert outbox.offer(message(4)) is Offer.FULL
+    outbox.flush()  # the kernel takes nothing: all of it stays
+    assert outbox.queued_bytes == 12
+    assert drain(outbox, sock) == b"<0><1><2><3>" and outbox.queued_bytes == 0
+    assert outbox.offer(message(5), lone=False) is Offer.ACCEPTED
+
+
+async def test_a_burst_written_whole_leaves_nothing_counted() -> None:
+    outbox, sock = make(max_bytes=100)
+    outbox.answer(b"ok", more=True)  # counted at once
+    burst = [message(n) for n in range(3)]
+    for m in burst:
+        outbox.offer(m, lone=False)
+    outbox.flush(Burst(burst))  # not exactly the burst (the answer is first): gathered
+    assert sock.written == b"ok<0><1><2>" and outbox.queued_bytes == 0
+    for m in burst:
+        outbox.offer(m, lone=False)
+    assert outbox.queued_bytes == 9  # a read counts the burst so far...
+    outbox.flush(Burst(burst))  # ...and the burst written whole uncounts it
+    assert outbox.queued_bytes == 0 and len(outbox) == 0

@@ -153,6 +153,7 @@ def test_unknown_flags_raise_settings_error() -> None:
         "port = [80]\n",
         "max_payload_bytes = 0\n",
         "outbox_size = 0\n",
+        "outbox_bytes = 0\n",
         "max_topics = -5\n",
         'publish_timeout = "soon"\n',
         "[topics.default]\nmailbox_size = 0\n",
@@ -282,3 +283,9 @@ def test_an_equally_specific_tie_goes_to_the_pattern_listed_first(
     assert settings.for_topic("metrics.cpu").history_messages == 7
     assert settings.for_topic("metrics.mem").history_messages == 7
     assert settings.for_topic("host.cpu").history_messages == 8
+
+
+def test_outbox_bytes_defaults_to_8_mib_and_comes_from_env_and_flags() -> None:
+    assert load_settings(environ={}).outbox_bytes == 8 * 1024 * 1024
+    assert load_settings(environ={"BROKER_OUTBOX_BYTES": "65536"}).outbox_bytes == 65536
+    assert load_settings(flags={"outbox_bytes": "1024"}, environ={}).outbox_bytes == 1024
