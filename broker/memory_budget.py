@@ -57,8 +57,9 @@ SHED_TO = 0.65
 # margin: 4.8 KB of RSS per topic over 10,000 topics made by HTTP publishes, 4.6 KB traced
 # by tracemalloc (`tests/test_memory_budget.py` keeps it under this).
 TOPIC_BYTES = 6 * 1024
-# What one idle WebSocket connection costs (RSS per connection, `python -m benchmarks.idle`:
-# ~7 KiB), on top of the bytes its outbox queues.
+# What one idle WebSocket connection costs, with a margin, on top of the bytes its outbox
+# queues: 6.4 KB of RSS per connection over 1,000 subscribed connections to a broker
+# process (`python -m benchmarks.idle` found ~7 KiB before #14).
 CONNECTION_BYTES = 8 * 1024
 # A frame queued for a subscriber pins its message, payload included, once history has
 # let go of it: counted as the frame twice (a JSON or text payload is about its frame's
