@@ -2,7 +2,7 @@
 
 from . import codec
 from .codec import PayloadKind, WireFormat
-from .connection import Subscriber, SubscriberInfo, next_connection_id
+from .connection import OpenConnections, Subscriber, SubscriberInfo, next_connection_id
 from .errors import (
     AlreadySubscribed,
     BrokerError,
@@ -48,6 +48,7 @@ __all__ = [
     "Message",
     "NotSubscribed",
     "Offer",
+    "OpenConnections",
     "Outbox",
     "Overloaded",
     "Payload",

@@ -66,3 +66,29 @@ class Subscriber:
 
     def info(self) -> SubscriberInfo:
         return SubscriberInfo(self.id, self.client, self.since)
+
+
+class OpenConnections:
+    """The connections open now, by id: told by the gateway as they open and close; read
+    by metrics and by the memory budget (which weighs and sheds among them)."""
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Subscriber] = {}
+
+    def opened(self, subscriber: Subscriber) -> None:
+        self._by_id[subscriber.id] = subscriber
+
+    def closed(self, subscriber: Subscriber) -> None:
+        self._by_id.pop(subscriber.id, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def subscribers(self) -> list[Subscriber]:
+        return list(self._by_id.values())
+
+    def queued_bytes(self) -> int:
+        """Bytes all their outboxes hold (one walk: the memory budget's look)."""
+        return sum(s.outbox.queued_bytes for s in self._by_id.values())

@@ -293,6 +293,16 @@ class MemoryBudget:
                 break
         return releasing
 
+    def check_topic_room(self, max_topics: int) -> None:
+        """Warn at start when `max_topics` topics would not fit in the budget: topic
+        creation is then refused (overloaded) before `max_topics` is reached."""
+        if self.budget and max_topics * TOPIC_BYTES > self.budget:
+            log.warning(
+                "max_topics (%d) x %d bytes per topic is more than max_memory (%d bytes): "
+                "topic creation will be refused (overloaded) before max_topics is reached",
+                max_topics, TOPIC_BYTES, self.budget,
+            )
+
     def refusing(self) -> None:
         """Count one request refused because the broker is overloaded."""
         self.refused += 1

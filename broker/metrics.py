@@ -13,6 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import trio
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -144,6 +145,20 @@ class BrokerCollector(Collector):
              "1 while memory is at the budget: publishes refused, slow consumers shed."),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+
+
+def task_count() -> int:
+    """Every trio task in the run, counted from the root (cheap enough per scrape)."""
+    count = 0
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 class LatencyHistogram(Collector):

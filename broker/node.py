@@ -35,7 +35,7 @@ from actors import (
 )
 
 from .codec import check_payload
-from .connection import Subscriber, SubscriberInfo
+from .connection import OpenConnections, Subscriber, SubscriberInfo
 from .directory import (
     DirectoryRequest,
     ForgetPatterns,
@@ -54,7 +54,7 @@ from .errors import (
     TopicNotFound,
     Unavailable,
 )
-from .memory_budget import TOPIC_BYTES, MemoryBudget, MemoryFigures
+from .memory_budget import MemoryBudget, MemoryFigures
 from .messages import (
     Crash,
     Flush,
@@ -69,7 +69,7 @@ from .messages import (
     TopicRequest,
     Unsubscribe,
 )
-from .metrics import BrokerCounters, BrokerMetrics, Gauges
+from .metrics import BrokerCounters, BrokerMetrics, Gauges, task_count
 from .pending_publish import PendingPublish, PublishDeadlines
 from .settings import Settings
 from .subjects import is_wildcard, validate_pattern, validate_topic
@@ -116,40 +116,31 @@ class Broker:
         self._in_flight = 0
         self._settled = trio.Event()
         self._publish_timer = metrics.publish_seconds.observe
-        # Connections open now, by id: told by the WebSocket gateway (`connection_opened`,
-        # `connection_closed`), read by metrics and by the memory budget.
-        self._connections: dict[int, Subscriber] = {}
+        # Told by the WebSocket gateway (`connection_opened`, `connection_closed`).
+        self.open_connections = OpenConnections()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
     def connections(self) -> int:
         """Connections open now."""
-        return len(self._connections)
+        return len(self.open_connections)
 
     def connection_opened(self, subscriber: Subscriber) -> None:
         """A connection is open: counted, and its outbox weighed by the memory budget."""
-        self._connections[subscriber.id] = subscriber
+        self.open_connections.opened(subscriber)
 
     def connection_closed(self, subscriber: Subscriber) -> None:
-        self._connections.pop(subscriber.id, None)
+        self.open_connections.closed(subscriber)
 
     def memory_figures(self) -> MemoryFigures:
         """What the broker holds now (the memory budget's source): one walk over the
         connections; the rest is kept up to date by the topics."""
-        counters = self.counters
-        subscribers = self._connections.values()
+        counters, connections = self.counters, self.open_connections
         return MemoryFigures(
-            retained=counters.retained_bytes,
-            mailboxes=counters.mailbox_bytes,
-            queued=sum(s.outbox.queued_bytes for s in subscribers),
-            topics=self._topic_count(),
-            connections=len(subscribers),
+            counters.retained_bytes, counters.mailbox_bytes, connections.queued_bytes(),
+            self._topic_count(), len(connections),
         )
-
-    def subscribers_now(self) -> list[Subscriber]:
-        """Every open connection's subscriber (the memory budget sheds among them)."""
-        return list(self._connections.values())
 
     @property
     def draining(self) -> bool:
@@ -538,7 +529,7 @@ class Broker:
             retained_messages=sum(s.retained_messages for s in stats),
             retained_bytes=sum(s.retained_bytes for s in stats),
             outbox_depth_max=max((s.deepest_outbox for s in stats), default=0),
-            tasks=_task_count(),
+            tasks=task_count(),
             memory_budget=memory.budget,
             memory_used=memory.used,
             memory_overloaded=memory.overloaded,
@@ -587,20 +578,6 @@ class Broker:
             raise Unavailable("the topic directory did not answer in time") from exc
 
 
-def _task_count() -> int:
-    """Every trio task in the run, counted from the root (cheap enough per scrape)."""
-    count = 0
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        if task is None:
-            continue
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 @asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Run a broker's actors for the duration of the block; cancelled on exit."""
@@ -614,17 +591,12 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     def busy(topic: str) -> BrokerError:
         return broker._busy(topic)
 
-    if settings.max_memory and settings.max_topics * TOPIC_BYTES > settings.max_memory:
-        log.warning(
-            "max_topics (%d) x %d bytes per topic is more than max_memory (%d bytes): "
-            "topic creation will be refused (overloaded) before max_topics is reached",
-            settings.max_topics, TOPIC_BYTES, settings.max_memory,
-        )
     memory = MemoryBudget(
         settings.max_memory,
         lambda: broker.memory_figures(),
-        lambda: broker.subscribers_now(),
+        lambda: broker.open_connections.subscribers(),
     )
+    memory.check_topic_room(settings.max_topics)
     async with open_supervisor("topics", on_crash=on_topic_crash) as topics:
         directory = TopicDirectory(settings, counters, topics, memory)
         holder.append(directory)

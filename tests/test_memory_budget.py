@@ -374,7 +374,7 @@ async def test_the_largest_stalled_subscriber_is_shed_first_and_a_reader_keeps_r
                 assert (await receive(reader))["topic"] == topic  # the reader keeps up
 
         def client(name: str) -> Subscriber:
-            found = [s for s in broker.subscribers_now() if s.client == name]
+            found = [s for s in broker.open_connections.subscribers() if s.client == name]
             assert len(found) == 1
             return found[0]
 
