@@ -283,6 +283,8 @@ class Outbox:
             return
         write_now = self._write_now
         if self._writing or write_now is None or self._gaps:
+            if self._counted != len(items):
+                self._settle()  # the burst's bytes: the next offer sees them
             self._wake()
             return
         if (

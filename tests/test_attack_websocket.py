@@ -96,11 +96,38 @@ async def test_a_thousand_stalled_subscribers_add_under_100_mib(
                 # waits, and the next publish is refused after publish_timeout).
                 accepted = await publish_until_full(proc, "flood", 48, 16 * 1024)
                 grown = max(replayed, proc.rss_bytes() - baseline)
+                if policy == "block":  # the topic waits for the first full outbox
+                    assert accepted < 48 and await metric(proc, POLICY_METRICS[policy]) >= 1
+                else:  # every stalled subscriber is dropped from or, after its grace, closed
+
+                    async def acted_on_all() -> bool:
+                        if policy == "disconnect":  # the grace ends at the next message
+                            await publish_until_full(proc, "flood", 1, 1024)
+                        return await metric(proc, POLICY_METRICS[policy]) >= 1000
+
+                    await wait_for(acted_on_all, what=f"{policy} acting on all 1,000")
             for sock in stalled:
                 await sock.aclose()
         print(f"{policy}: RSS grew {replayed / MiB:.1f} MiB with 1,000 stalled subscribers "
               f"replaying 1.5 MiB each, {grown / MiB:.1f} MiB after {accepted} x 16 KiB more")
         assert grown < 100 * MiB
+
+
+# What each policy counts when it acts on a full outbox.
+POLICY_METRICS = {
+    "disconnect": "broker_slow_consumer_disconnects_total",
+    "drop-oldest": "broker_messages_dropped_total",
+    "block": "broker_slow_consumer_waits_total",  # (one wait: for the first full outbox)
+}
+
+
+async def metric(proc: BrokerProcess, name: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{proc.http_url}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
 
 
 async def _count_is(proc: BrokerProcess, topic: str, count: int) -> bool:

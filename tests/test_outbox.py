@@ -468,3 +468,15 @@ async def test_a_burst_written_whole_leaves_nothing_counted() -> None:
     assert outbox.queued_bytes == 9  # a read counts the burst so far...
     outbox.flush(Burst(burst))  # ...and the burst written whole uncounts it
     assert outbox.queued_bytes == 0 and len(outbox) == 0
+
+
+async def test_a_burst_to_an_outbox_whose_writer_waits_is_counted_at_the_flush() -> None:
+    outbox, _ = make(100, sock=FakeSocket(room=0), max_bytes=8)
+    outbox.offer(message(0))  # the kernel takes nothing: the writer's turn
+    assert outbox.writing
+    burst = [message(n) for n in range(1, 4)]
+    for m in burst:
+        assert outbox.offer(m, lone=False) is Offer.ACCEPTED
+    outbox.flush(Burst(burst))  # only wakes the writer, but counts the burst
+    assert outbox._free == 8 - 12  # type: ignore[attr-defined]  (no read settled it)
+    assert outbox.offer(message(4), lone=False) is Offer.FULL
