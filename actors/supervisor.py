@@ -74,7 +74,9 @@ class _StartedRelay:
 
     def __init__(self, status: trio.TaskStatus[Any]) -> None:
         self._status = status
-        self.has_started = False
+        # A child nobody waits for (`Supervisor.start_soon`) counts as started from the
+        # first: its crashes go to its policy.
+        self.has_started = status is trio.TASK_STATUS_IGNORED
 
     def started(self, value: Any = None) -> None:
         if not self.has_started:
@@ -106,7 +108,22 @@ class Supervisor:
 
         A crash before `started()` is raised here, to the caller, and not restarted.
         """
-        return await self._nursery.start(self._supervise, name, child, policy)
+        # The task is named after the child: one string shared with it, not a new one per
+        # task (trio makes "module.qualname" otherwise), and it reads better in a trace.
+        return await self._nursery.start(self._supervise, name, child, policy, name=name)
+
+    def start_soon(
+        self, name: str, child: Child, *, policy: RestartPolicy = STOP_ON_CRASH
+    ) -> None:
+        """Start `child` under supervision without waiting for it to be ready: for children
+        reached through something made before they run (an actor's mailbox address). Its
+        `started()` is ignored and every crash, even before it, is decided by `policy`.
+
+        Cheaper than `start` (no temporary nursery whose cancel status the task keeps:
+        ~0.6 KB per child, and a scheduler round less per topic created)."""
+        self._nursery.start_soon(
+            self._supervise, name, child, policy, trio.TASK_STATUS_IGNORED, name=name
+        )
 
     def cancel(self) -> None:
         """Cancel every child (and the supervisor's nursery)."""
@@ -116,7 +133,7 @@ class Supervisor:
         self, name: str, child: Child, policy: RestartPolicy, task_status: trio.TaskStatus[Any]
     ) -> None:
         relay = _StartedRelay(task_status)
-        recent: deque[float] = deque()
+        recent: deque[float] | None = None  # made at the first crash: most never crash
         self._children += 1
         try:
             while True:
@@ -127,6 +144,8 @@ class Supervisor:
                     if not relay.has_started:
                         raise
                     self._crashes += 1
+                    if recent is None:
+                        recent = deque()
                     decision = policy.decide(recent, trio.current_time())
                     log.error(
                         "actor %s/%s crashed; decision: %s",

@@ -2,7 +2,7 @@
 
 from . import codec
 from .codec import PayloadKind, WireFormat
-from .connection import Subscriber, SubscriberInfo, next_connection_id
+from .connection import OpenConnections, Subscriber, SubscriberInfo, next_connection_id
 from .errors import (
     AlreadySubscribed,
     BrokerError,
@@ -11,6 +11,7 @@ from .errors import (
     InvalidPayload,
     InvalidTopic,
     NotSubscribed,
+    Overloaded,
     PayloadTooLarge,
     TooManySubscriptions,
     TooManyTopics,
@@ -20,6 +21,7 @@ from .errors import (
     UnknownOperation,
     UnsupportedContentType,
 )
+from .memory_budget import MemoryBudget, MemoryStatistics
 from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker
 from .outbox import ControlFrame, Gap, Offer, Outbox
@@ -41,10 +43,14 @@ __all__ = [
     "InvalidFrame",
     "InvalidPayload",
     "InvalidTopic",
+    "MemoryBudget",
+    "MemoryStatistics",
     "Message",
     "NotSubscribed",
     "Offer",
+    "OpenConnections",
     "Outbox",
+    "Overloaded",
     "Payload",
     "PayloadKind",
     "PayloadTooLarge",

@@ -47,6 +47,12 @@ class TopicBusy(BrokerError):
     code = "topic_busy"
 
 
+class Overloaded(BrokerError):
+    """The broker holds its memory budget (`max_memory`): not accepted, retry later."""
+
+    code = "overloaded"
+
+
 class Draining(BrokerError):
     """The broker is shutting down and takes no new work."""
 

@@ -13,6 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import trio
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -46,6 +47,10 @@ class BrokerCounters:
     topics_reaped: int = 0
     connections_opened: int = 0
     connections_closed: int = 0
+    # What the memory budget adds up (`broker.memory_budget`), kept by the topics as they
+    # change: history bytes retained by every topic, payload bytes waiting in mailboxes.
+    retained_bytes: int = 0
+    mailbox_bytes: int = 0
     publish_rejections: dict[str, int] = field(default_factory=dict)
 
     def reject(self, code: str) -> None:
@@ -67,6 +72,12 @@ class Gauges:
     retained_bytes: int = 0
     outbox_depth_max: int = 0
     tasks: int = 0
+    # The memory budget's last look (`MemoryBudget.statistics`).
+    memory_budget: int = 0
+    memory_used: int = 0
+    memory_overloaded: bool = False
+    memory_shed: int = 0
+    memory_refused: int = 0
 
 
 class BrokerCollector(Collector):
@@ -96,13 +107,21 @@ class BrokerCollector(Collector):
             ("broker_connections_closed", c.connections_closed, "WebSocket connections closed."),
         ):
             yield CounterMetricFamily(name, text, value=value)
+        g = self.gauges
+        yield CounterMetricFamily(
+            "broker_memory_shed", "Subscribers closed with 4008 to bring memory under "
+            "max_memory (largest queued first).", value=g.memory_shed,
+        )
+        yield CounterMetricFamily(
+            "broker_memory_refusals", "Publishes and topic creations refused as overloaded "
+            "(memory at max_memory).", value=g.memory_refused,
+        )
         rejected = CounterMetricFamily(
             "broker_publish_rejections", "Publishes refused, by error code.", labels=["code"]
         )
         for code, value in sorted(c.publish_rejections.items()):
             rejected.add_metric([code], value)
         yield rejected
-        g = self.gauges
         for name, value, text in (
             ("broker_connections", g.connections, "Open WebSocket connections."),
             ("broker_topics", g.topics, "Topics that exist."),
@@ -118,8 +137,28 @@ class BrokerCollector(Collector):
              "Most frames queued for one subscriber (bounded by outbox_size, 2x in grace)."),
             ("broker_retained_bytes", g.retained_bytes, "Payload bytes retained in history."),
             ("broker_tasks", g.tasks, "trio tasks alive in the process (leak detector)."),
+            ("broker_memory_budget_bytes", g.memory_budget, "max_memory (0: no budget)."),
+            ("broker_memory_used_bytes", g.memory_used,
+             "Bytes the broker holds by its own count (history, queued payloads and "
+             "frames, per-topic and per-connection costs)."),
+            ("broker_memory_overloaded", int(g.memory_overloaded),
+             "1 while memory is at the budget: publishes refused, slow consumers shed."),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+
+
+def task_count() -> int:
+    """Every trio task in the run, counted from the root (cheap enough per scrape)."""
+    count = 0
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 class LatencyHistogram(Collector):

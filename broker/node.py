@@ -3,7 +3,8 @@
     open_broker
     └── supervisor "broker"
         ├── TopicDirectory (restarted on crash; escalates after 10 crashes a minute)
-        └── PublishDeadlines (answers `TopicBusy` to publishes told later, past their timeout)
+        ├── PublishDeadlines (answers `TopicBusy` to publishes told later, past their timeout)
+        └── MemoryBudget (sums what the broker holds against `max_memory`; sheds)
     └── supervisor "topics"
         └── TopicActor per topic (restarted on crash with state kept; then stopped)
 
@@ -34,7 +35,7 @@ from actors import (
 )
 
 from .codec import checked_payload
-from .connection import Subscriber, SubscriberInfo
+from .connection import OpenConnections, Subscriber, SubscriberInfo
 from .directory import (
     DirectoryRequest,
     ForgetPatterns,
@@ -44,7 +45,16 @@ from .directory import (
     TopicDirectory,
     UnsubscribePattern,
 )
-from .errors import BrokerError, Draining, InvalidFrame, TopicBusy, TopicNotFound, Unavailable
+from .errors import (
+    BrokerError,
+    Draining,
+    InvalidFrame,
+    Overloaded,
+    TopicBusy,
+    TopicNotFound,
+    Unavailable,
+)
+from .memory_budget import MemoryBudget, MemoryFigures
 from .messages import (
     Crash,
     Flush,
@@ -59,7 +69,7 @@ from .messages import (
     TopicRequest,
     Unsubscribe,
 )
-from .metrics import BrokerCounters, BrokerMetrics, Gauges
+from .metrics import BrokerCounters, BrokerMetrics, Gauges, task_count
 from .pending_publish import PendingPublish, PublishDeadlines
 from .settings import Settings
 from .subjects import is_wildcard, validate_pattern, validate_topic
@@ -90,8 +100,12 @@ class Broker:
         metrics: BrokerMetrics,
         find: Callable[[str], TopicActor | None],
         deadlines: Address[PendingPublish],
+        memory: MemoryBudget,
+        topic_count: Callable[[], int],
     ) -> None:
         self.settings = settings
+        self.memory = memory
+        self._topic_count = topic_count
         self.counters = counters
         self.metrics = metrics
         self._directory = directory
@@ -102,10 +116,31 @@ class Broker:
         self._in_flight = 0
         self._settled = trio.Event()
         self._publish_timer = metrics.publish_seconds.observe
-        # Connections open now; kept by the WebSocket gateway, read by metrics.
-        self.connections = 0
+        # Told by the WebSocket gateway (`connection_opened`, `connection_closed`).
+        self.open_connections = OpenConnections()
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self.open_connections)
+
+    def connection_opened(self, subscriber: Subscriber) -> None:
+        """A connection is open: counted, and its outbox weighed by the memory budget."""
+        self.open_connections.opened(subscriber)
+
+    def connection_closed(self, subscriber: Subscriber) -> None:
+        self.open_connections.closed(subscriber)
+
+    def memory_figures(self) -> MemoryFigures:
+        """What the broker holds now (the memory budget's source): one walk over the
+        connections; the rest is kept up to date by the topics."""
+        counters, connections = self.counters, self.open_connections
+        return MemoryFigures(
+            counters.retained_bytes, counters.mailbox_bytes, connections.queued_bytes(),
+            self._topic_count(), len(connections),
+        )
 
     @property
     def draining(self) -> bool:
@@ -125,7 +160,17 @@ class Broker:
         if self._draining:
             self.counters.reject(Draining.code)
             raise Draining("the broker is shutting down")
+        if self.memory.overloaded:  # the publish path's whole cost of the memory budget
+            raise self._overloaded()
         self._in_flight += 1
+
+    def _overloaded(self) -> Overloaded:
+        self.counters.reject(Overloaded.code)
+        self.memory.refusing()
+        return Overloaded(
+            f"the broker holds its memory budget ({self.memory.budget} bytes, max_memory): "
+            "the message was not accepted; retry later"
+        )
 
     def _publish_ended(self) -> None:
         self._in_flight -= 1
@@ -179,11 +224,15 @@ class Broker:
             if actor.publish_now(request):
                 await cancel_shielded_checkpoint()
             else:
+                size = len(payload.data)
+                self.counters.mailbox_bytes += size  # until the topic takes it (`TopicActor.run`)
                 try:
                     await actor.address.tell_within(request, deadline - trio.current_time())
                 except MailboxFull:
+                    self.counters.mailbox_bytes -= size
                     raise self._busy(topic) from None
                 except ActorStopped:
+                    self.counters.mailbox_bytes -= size
                     continue
                 await reply.wait_answered_by(deadline)
             offset = self._outcome(reply, topic)
@@ -225,6 +274,7 @@ class Broker:
             pending.withdraw()
             self._publish_ended()
             return False
+        self.counters.mailbox_bytes += len(payload.data)  # until the topic takes it
         return True
 
     def _pending_settled(self, pending: PendingPublish, accepted: bool) -> None:
@@ -279,13 +329,17 @@ class Broker:
                 for chunk in chunks:
                     reply: Reply[int] = Reply()
                     payloads = tuple(batch[index][1] for index in chunk)
+                    size = sum(len(payload.data) for payload in payloads)
+                    self.counters.mailbox_bytes += size  # until the topic takes it
                     try:
                         await actor.address.tell_within(
                             PublishBatch(payloads, reply), deadline - trio.current_time()
                         )
                     except MailboxFull:
+                        self.counters.mailbox_bytes -= size
                         raise self._busy(topic) from None
                     except ActorStopped:
+                        self.counters.mailbox_bytes -= size
                         raise Unavailable(f"topic {topic!r} retired; retry") from None
                     told.append((chunk, reply))
             except BrokerError as exc:
@@ -464,6 +518,7 @@ class Broker:
     async def gauges(self) -> Gauges:
         """Point-in-time figures for /metrics, read from every topic's statistics()."""
         stats = await self.topics("")
+        memory = self.memory.statistics()
         return Gauges(
             connections=self.connections,
             topics=len(stats),
@@ -474,7 +529,12 @@ class Broker:
             retained_messages=sum(s.retained_messages for s in stats),
             retained_bytes=sum(s.retained_bytes for s in stats),
             outbox_depth_max=max((s.deepest_outbox for s in stats), default=0),
-            tasks=_task_count(),
+            tasks=task_count(),
+            memory_budget=memory.budget,
+            memory_used=memory.used,
+            memory_overloaded=memory.overloaded,
+            memory_shed=memory.shed,
+            memory_refused=memory.refused,
         )
 
     async def inject_crash(self, name: str, error: str = "injected fault") -> None:
@@ -518,20 +578,6 @@ class Broker:
             raise Unavailable("the topic directory did not answer in time") from exc
 
 
-def _task_count() -> int:
-    """Every trio task in the run, counted from the root (cheap enough per scrape)."""
-    count = 0
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        if task is None:
-            continue
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 @asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     """Run a broker's actors for the duration of the block; cancelled on exit."""
@@ -545,8 +591,14 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
     def busy(topic: str) -> BrokerError:
         return broker._busy(topic)
 
+    memory = MemoryBudget(
+        settings.max_memory,
+        lambda: broker.memory_figures(),
+        lambda: broker.open_connections.subscribers(),
+    )
+    memory.check_topic_room(settings.max_topics)
     async with open_supervisor("topics", on_crash=on_topic_crash) as topics:
-        directory = TopicDirectory(settings, counters, topics)
+        directory = TopicDirectory(settings, counters, topics, memory)
         holder.append(directory)
         deadlines = PublishDeadlines(settings.publish_timeout, busy)
         async with open_supervisor("broker") as root:
@@ -556,7 +608,11 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
             watch = await root.start(
                 "publish-deadlines", deadlines.run, policy=DIRECTORY_RESTART_POLICY
             )
-            broker = Broker(settings, address, counters, metrics, directory.find, watch)
+            broker = Broker(
+                settings, address, counters, metrics, directory.find, watch, memory,
+                lambda: directory.topic_count,
+            )
+            await root.start("memory-budget", memory.run, policy=DIRECTORY_RESTART_POLICY)
             try:
                 yield broker
             finally:

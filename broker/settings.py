@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BrokerError
+from .memory_budget import default_max_memory
 from .policies import SlowConsumerPolicy
 from .subjects import SubjectTrie, validate_pattern
 
@@ -83,6 +84,11 @@ class Settings:
     # Seconds one write to a client (an HTTP answer, a WebSocket batch) may take; past it
     # the connection is closed and what it held is released.
     write_timeout: float = 10.0
+    # Bytes the broker may hold (history, queued publishes and frames, topics, connections;
+    # README: Delivery guarantees): past it publishes are refused `overloaded` and the
+    # largest slow consumers shed. Default: half the machine's (or cgroup's) memory,
+    # read at start; 0 = no budget.
+    max_memory: int = field(default_factory=default_max_memory)
     topic_defaults: TopicSettings = field(default_factory=TopicSettings)
     topic_overrides: tuple[tuple[str, TopicSettings], ...] = ()
 
@@ -217,6 +223,8 @@ def _check(settings: Settings) -> None:
     for name in positive:
         if getattr(settings, name) < 1:
             raise SettingsError(f"setting {name!r} must be at least 1")
+    if settings.max_memory < 0:
+        raise SettingsError("setting 'max_memory' must be >= 0 bytes (0: no budget)")
     for name in ("header_timeout", "min_receive_rate", "write_timeout"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {name!r} must be above 0")

@@ -60,6 +60,13 @@ TURN_REQUESTS = 256
 ANSWER_FIRST_SUBSCRIBERS = 64
 
 
+def _payload_bytes(request: Publish | PublishBatch) -> int:
+    """Payload bytes a publish request holds while it waits in a mailbox."""
+    if type(request) is Publish:
+        return len(request.payload.data)
+    return sum(len(payload.data) for payload in request.payloads)  # type: ignore[union-attr]
+
+
 class TopicRetired(Exception):
     """Raised to askers of a topic that has just retired; they look the topic up again."""
 
@@ -108,12 +115,14 @@ class TopicActor:
         self._on_retired = on_retired
         self._mailbox: Mailbox[TopicRequest] = Mailbox(settings.mailbox_size)
         self.address: Address[TopicRequest] = self._mailbox.address
-        self._history = History(settings.history_messages, settings.history_bytes)
+        self._history = History(settings.history_messages, settings.history_bytes,
+                                counters=counters)
         self._subscriptions: dict[int, _Subscription] = {}
         # `block` policy: a message and the subscribers whose full outbox it waits for.
         self._blocked: tuple[Message, list[Subscriber]] | None = None
-        # A batch's messages still to forward while `_blocked` waits (block policy).
-        self._backlog: deque[Message] = deque()
+        # A batch's messages still to forward while `_blocked` waits (block policy): made
+        # per batch and dropped once forwarded (a deque costs 624 bytes; most topics idle).
+        self._backlog: deque[Message] | None = None
         # Messages forwarded this turn as a burst (lone=False): outboxes hold them until
         # the end of the turn, when `_flush` has each write them at once.
         self._burst: list[Message] = []
@@ -153,7 +162,10 @@ class TopicActor:
                 handled = 0
                 active = type(request) is not IdleTick
                 while request is not None:
-                    if type(request) is Pause:
+                    kind = type(request)
+                    if kind is Publish or kind is PublishBatch:
+                        self._counters.mailbox_bytes -= _payload_bytes(request)
+                    if kind is Pause:
                         self._flush()
                         await request.resume.wait()
                     else:
@@ -291,7 +303,13 @@ class TopicActor:
         self.retired = True
         self._mailbox.close()
         self._counters.topics_reaped += 1
+        self._release_history()
         self._on_retired(self)
+
+    def _release_history(self) -> None:
+        """Retired: let the history go now. The directory's idle-check heap may hold this
+        object for up to `topic_idle_seconds` more (`History.clear` uncounts it)."""
+        self._history.clear()
 
     def _handle(self, request: TopicRequest) -> None:
         match request:
@@ -313,7 +331,7 @@ class TopicActor:
                 reply.send(messages[0].offset)
                 if self._subscriptions:
                     self._answered = len(self._subscriptions) >= ANSWER_FIRST_SUBSCRIBERS
-                    self._backlog.extend(messages)
+                    self._backlog = deque(messages)  # the last batch's is done: see run
                     self._forward_backlog()
             case Subscribe(subscriber, pattern, start, ack, reply):
                 result = self._subscribe(subscriber, pattern, start, ack)
@@ -342,12 +360,14 @@ class TopicActor:
     # -- subscribers ----------------------------------------------------------------------
 
     def _accept(self, payload: Payload, timestamp: float) -> Message:
-        """Give `payload` the next offset and retain it."""
+        """Give `payload` the next offset and retain it (the history counts its bytes in
+        `retained_bytes`, for the memory budget)."""
+        history = self._history
         message = Message(
-            self.name, self._history.next_offset, payload.data, payload.content_type,
+            self.name, history.next_offset, payload.data, payload.content_type,
             payload.kind, timestamp, payload.rendering,
         )
-        self._history.append(message)
+        history.append(message)
         self._counters.published += 1
         return message
 
@@ -355,8 +375,12 @@ class TopicActor:
         """Forward a batch's messages in order, as one burst; stop at one that leaves
         subscribers `_blocked` (the run loop waits for them, then forwards the rest)."""
         backlog = self._backlog
+        if backlog is None:
+            return
         while backlog and self._blocked is None:
             self._forward(backlog.popleft(), more=True)
+        if not backlog:
+            self._backlog = None
 
     def _forward(self, message: Message, *, more: bool = False) -> None:
         """Offer the message to every subscriber's outbox, never waiting here.
@@ -521,7 +545,16 @@ class TopicActor:
             subscription.subscriber.evict(reason)
         self._subscriptions.clear()
         self.retired = True
+        counters = self._counters
+        while True:  # publishes still queued are dropped with the mailbox: uncount them
+            try:
+                request = self._mailbox.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if type(request) is Publish or type(request) is PublishBatch:
+                counters.mailbox_bytes -= _payload_bytes(request)
         self._mailbox.close()
+        self._release_history()
         self._on_retired(self)
 
     # -- inspection (read-only, safe from any task) ----------------------------------------

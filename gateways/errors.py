@@ -13,6 +13,7 @@ from broker.errors import (
     InvalidPayload,
     InvalidTopic,
     NotSubscribed,
+    Overloaded,
     PayloadTooLarge,
     TooManySubscriptions,
     TooManyTopics,
@@ -37,12 +38,13 @@ HTTP_STATUS: dict[str, int] = {
     TooManyTopics.code: 429,
     TopicBusy.code: 503,
     Draining.code: 503,
+    Overloaded.code: 503,
     Unavailable.code: 503,
     BrokerError.code: 500,
 }
 
 # Seconds a client should wait before retrying, for the statuses that invite a retry.
-RETRY_AFTER: dict[str, int] = {TopicBusy.code: 1, Unavailable.code: 1}
+RETRY_AFTER: dict[str, int] = {TopicBusy.code: 1, Unavailable.code: 1, Overloaded.code: 1}
 
 # Generic HTTP errors raised by the framework (unknown route, wrong method, ...).
 HTTP_CODES: dict[int, str] = {

@@ -136,9 +136,14 @@ def create_app(broker: Broker, ready: Any) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if ready():
-            return _json({"status": "ready"})
-        return _json({"status": "draining" if broker.draining else "starting"}, 503)
+        """200 when accepting work; 503 while starting, draining, or overloaded (memory at
+        `max_memory`: the body carries the figures, so an operator sees why)."""
+        if not ready():
+            return _json({"status": "draining" if broker.draining else "starting"}, 503)
+        if broker.memory.overloaded:
+            figures = broker.memory.statistics().view()
+            return _json({"status": "overloaded", "memory": figures}, 503)
+        return _json({"status": "ready"})
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -211,7 +211,7 @@ class WebSocketConnection:
         socket afterwards."""
         counters = self._broker.counters
         counters.connections_opened += 1
-        self._broker.connections += 1
+        self._broker.connection_opened(self.subscriber)
         try:
             await self._open()
             await self._serve()
@@ -227,7 +227,7 @@ class WebSocketConnection:
                 # ...their unsubscribe does not fit (see Broker.disconnect).
                 await self._broker.disconnect(self.id, list(self._patterns))
             counters.connections_closed += 1
-            self._broker.connections -= 1
+            self._broker.connection_closed(self.subscriber)
 
     async def _open(self) -> None:
         """The `?topic=` subscriptions, then any frames the client sent early."""

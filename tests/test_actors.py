@@ -160,6 +160,87 @@ async def test_iteration_ends_once_every_sender_handle_is_closed() -> None:
     assert [message async for message in mailbox] == [1, 2]
 
 
+async def test_parked_senders_are_served_in_order_as_room_is_made() -> None:
+    mailbox: Mailbox[int] = Mailbox(1)
+    mailbox.address.tell_nowait(0)
+
+    async with trio.open_nursery() as nursery:
+        for n in (1, 2, 3):
+            nursery.start_soon(mailbox.address.tell, n)
+            await trio.testing.wait_all_tasks_blocked()  # parked in this order
+        assert mailbox.statistics().senders_waiting == 3
+        taken = [mailbox.receive_nowait() for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+    assert [*taken, mailbox.receive_nowait()] == [0, 1, 2, 3]
+
+
+async def test_a_cancelled_parked_sender_puts_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    mailbox: Mailbox[int] = Mailbox(1)
+    mailbox.address.tell_nowait(1)
+    with trio.move_on_after(1.0):
+        await mailbox.address.tell(2)
+    assert mailbox.statistics().senders_waiting == 0
+    assert mailbox.receive_nowait() == 1
+    with pytest.raises(trio.WouldBlock):
+        mailbox.receive_nowait()
+
+
+async def test_closing_wakes_parked_senders_with_actor_stopped_and_the_receiver() -> None:
+    mailbox: Mailbox[int] = Mailbox(1)
+    mailbox.address.tell_nowait(1)
+    outcomes: list[str] = []
+
+    async def put() -> None:
+        try:
+            await mailbox.address.tell(2)
+        except ActorStopped:
+            outcomes.append("stopped")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        await trio.testing.wait_all_tasks_blocked()
+        mailbox.close()
+    assert outcomes == ["stopped"]
+
+    empty: Mailbox[int] = Mailbox(1)
+
+    async def receive() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await empty.receive()
+        outcomes.append("closed")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert empty.receiver_waiting
+        empty.close()
+    assert outcomes == ["stopped", "closed"]
+
+
+async def test_a_parked_receiver_is_handed_a_message_and_ends_when_every_address_closes() -> (
+    None
+):
+    mailbox: Mailbox[int] = Mailbox(1)
+    received: list[int] = []
+
+    async def receive_all() -> None:
+        async for message in mailbox:
+            received.append(message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive_all)
+        await trio.testing.wait_all_tasks_blocked()
+        mailbox.address.tell_nowait(1)  # handed over: nothing queued
+        assert mailbox.statistics().depth == 0
+        mailbox.address.tell_nowait(2)  # the receiver has not run yet: this one waits
+        assert mailbox.statistics().depth == 1
+        await trio.testing.wait_all_tasks_blocked()
+        mailbox.close_senders()  # the receiver is parked again: it ends
+    assert received == [1, 2]
+
+
 # ---- Reply and ask ----------------------------------------------------------------------
 
 
@@ -350,6 +431,24 @@ async def test_a_crash_before_started_is_raised_to_the_start_caller_and_not_rest
     assert child.attempts == 1
     assert (stats.children, stats.crashes, stats.restarts) == (0, 0, 0)
     assert calls == []
+
+
+async def test_start_soon_does_not_wait_and_a_crash_before_started_goes_to_the_policy() -> (
+    None
+):
+    child = Child(crash_before_started=True)
+    policy = RestartPolicy(max_restarts=2, exhausted=Decision.STOP)
+    calls: list[tuple[str, BaseException, Decision]] = []
+    async with open_supervisor("sup", on_crash=lambda *args: calls.append(args)) as supervisor:
+        supervisor.start_soon("early", child, policy=policy)
+        assert child.attempts == 0  # not run yet: the caller did not wait
+        await trio.testing.wait_all_tasks_blocked()
+        stats = supervisor.statistics()
+    assert child.attempts == 3
+    assert (stats.crashes, stats.restarts, stats.stops) == (3, 2, 1)
+    assert [decision for _, _, decision in calls] == [
+        Decision.RESTART, Decision.RESTART, Decision.STOP,
+    ]
 
 
 async def test_a_crashing_child_is_restarted_and_its_sibling_is_untouched() -> None:

@@ -36,6 +36,7 @@ from broker.codec import (
 from broker.errors import BrokerError, InvalidPayload, PayloadTooLarge
 from broker.history import History
 from broker.messages import Message
+from broker.metrics import BrokerCounters
 
 from .cbor_model import cbor_refusal
 
@@ -416,3 +417,19 @@ def test_fuzz_json_bodies_keep_integers_exact_or_are_refused_for_depth(
         return
     assert cbor2.loads(encode_message_cbor(message))["data"] == json.loads(body)
     assert_renders_within_bound(message, FUZZ_LIMIT)
+
+
+def test_the_budgets_retained_bytes_follow_every_history_change_without_drift() -> None:
+    counters = BrokerCounters()
+    history = History(max_messages=10, max_bytes=280, counters=counters)
+    first = rendered(cbor2.dumps(b"\x00" * 60), CBOR)
+    history.append(first)
+    first.rendered(lambda m: bytes(100))  # a frame cached after the append
+    assert counters.retained_bytes == history.retained_bytes == 255
+    second = rendered(cbor2.dumps(b"\x01" * 10), CBOR)
+    history.append(second)  # the first goes, frame and all
+    assert counters.retained_bytes == history.retained_bytes == second.retained_bytes
+    history.clear()
+    first.rendered(lambda m: bytes(50))  # evicted messages count nowhere
+    second.rendered(lambda m: bytes(70))
+    assert counters.retained_bytes == history.retained_bytes == 0
