@@ -24,7 +24,8 @@ from .errors import (
 from .memory_budget import MemoryBudget, MemoryStatistics
 from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker
-from .outbox import ControlFrame, Gap, Offer, Outbox
+from .outbox import Outbox
+from .outbox_items import ControlFrame, Gap, Offer
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import SETTING_NAMES, Settings, SettingsError, TopicSettings, load_settings
 from .subjects import SubjectTrie, pattern_matches, validate_pattern, validate_topic

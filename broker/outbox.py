@@ -35,10 +35,8 @@ is kept, one that has stopped is closed, and memory stays bounded.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import islice
 
 import trio
@@ -46,6 +44,7 @@ from trio.lowlevel import ParkingLot
 
 from .messages import Message
 from .metrics import BrokerCounters
+from .outbox_items import Burst, ControlFrame, Gap, Item, Offer, item_size
 
 # How far past its bounds an outbox may grow during a slow consumer's grace period.
 GRACE_FACTOR = 2
@@ -59,70 +58,6 @@ WRITE_MAX_FRAMES = 1024
 # `queued_bytes` bound of an outbox made without one (tests); connections pass
 # `Settings.outbox_bytes`.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-
-
-class Offer(enum.Enum):
-    """What happened to a frame offered to an outbox."""
-
-    ACCEPTED = "accepted"
-    FULL = "full"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class ControlFrame:
-    """An outbox item that is not a message (a reply such as `ok`): written, not counted."""
-
-    data: bytes
-
-
-@dataclass(slots=True)
-class Gap:
-    """Messages of `topic` dropped for this subscriber (drop-oldest policy), reported
-    in-band just before the topic's next message."""
-
-    topic: str
-    skipped: int
-    first: int
-    last: int
-
-
-class Burst:
-    """Messages a topic forwarded in one turn, and their frames joined once per wire
-    format (every subscriber whose outbox holds just these writes the same bytes)."""
-
-    __slots__ = ("_joined", "first", "last", "messages")
-
-    def __init__(self, messages: list[Message]) -> None:
-        self.messages = messages
-        self.first = messages[0]
-        self.last = messages[-1]
-        self._joined: dict[object, bytes] = {}
-
-    def joined(self, render: Callable[[Message], bytes]) -> bytes:
-        data = self._joined.get(render)
-        if data is None:
-            data = self._joined[render] = b"".join(m.rendered(render) for m in self.messages)
-        return data
-
-
-# What the queue holds: a Message (its frame not begun), a ControlFrame (a reply, or the
-# rest of a begun one), or a memoryview (the rest of a begun message frame: a view of the
-# shared frame, not a copy).
-Item = Message | ControlFrame | memoryview
-
-
-def _size(item: object, render: Callable[[Message], bytes]) -> int:
-    """Bytes an outbox item holds for its connection (see `Outbox.queued_bytes`); for
-    the slow paths (the message paths count inline)."""
-    kind = type(item)
-    if kind is Message:
-        return len(item.rendered(render))  # type: ignore[attr-defined]
-    if kind is ControlFrame:
-        return len(item.data)  # type: ignore[attr-defined]
-    if kind is memoryview or kind is bytes:
-        return len(item)  # type: ignore[arg-type]
-    return 0  # an object a test queues
 
 
 def _no_gap_frame(gap: Gap) -> bytes:
@@ -559,7 +494,7 @@ class Outbox:
         self._settle()
         self._items.append(item)
         self._counted += 1
-        self._free -= _size(item, self._render)
+        self._free -= item_size(item, self._render)
         self._wake()
         return Offer.ACCEPTED
 
@@ -609,7 +544,7 @@ class Outbox:
         self._settle()
         self._items.append(item)
         self._counted += 1
-        self._free -= _size(item, self._render)
+        self._free -= item_size(item, self._render)
         self.flush()  # a reply goes out now if nothing is in flight: no writer wake
 
     async def take(self, max_items: int) -> list[object]:
@@ -629,7 +564,7 @@ class Outbox:
         self._settle()
         batch: list[object] = [items.popleft() for _ in range(min(len(items), max_items))]
         self._counted = len(items)
-        self._free += sum(_size(item, self._render) for item in batch)
+        self._free += sum(item_size(item, self._render) for item in batch)
         self._begun = False
         if self._room:
             self._room.unpark_all()
@@ -689,7 +624,7 @@ class Outbox:
             self._writing = False
         else:
             items.append(keep)
-            self._free -= _size(keep, self._render)
+            self._free -= item_size(keep, self._render)
         self._counted = len(items)
         if self._room:
             self._room.unpark_all()

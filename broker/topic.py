@@ -42,7 +42,7 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import BrokerCounters
-from .outbox import Burst, Offer
+from .outbox_items import Burst, Offer
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import TopicSettings
 

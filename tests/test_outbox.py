@@ -11,7 +11,8 @@ import trio.testing
 from broker import ControlFrame, Gap, Message, Offer, Outbox
 from broker.codec import PayloadKind
 from broker.metrics import BrokerCounters
-from broker.outbox import WRITE_MAX_FRAMES, Burst
+from broker.outbox import WRITE_MAX_FRAMES
+from broker.outbox_items import Burst
 
 
 def message(offset: int, topic: str = "t", data: bytes | None = None) -> Message:
