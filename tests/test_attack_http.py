@@ -5,7 +5,9 @@ is answered as the README says, a bystander's publish-to-delivery latency stays 
 
 from __future__ import annotations
 
+import itertools
 import socket
+from collections.abc import Iterable
 
 import httpx
 import orjson
@@ -16,6 +18,17 @@ from .attack import BrokerProcess, broker_process, latency_probe, raw_connect, w
 # RSS may stay this far above its baseline after an attack (allocator slack, caches).
 RSS_SLACK = 32 * 1024 * 1024
 TIMEOUT = 20.0
+
+
+async def trickle(stream: trio.SocketStream, pieces: Iterable[bytes]) -> None:
+    """Send `pieces` one per 0.2 s (a slowloris client) until they end or the broker
+    closes the connection."""
+    for piece in pieces:
+        try:
+            await stream.send_all(piece)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await trio.sleep(0.2)
 
 
 async def read_answer(stream: trio.SocketStream) -> tuple[bytes, bytes]:
@@ -88,16 +101,9 @@ async def test_a_head_trickled_byte_by_byte_is_closed_within_header_timeout() ->
             stream = await raw_connect(proc.http_port)
             head = b"POST /v1/topics/slow HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"a" * 200
 
-            async def trickle() -> None:
-                for byte in head:  # 1 byte per 0.2 s: 40 s if let through
-                    try:
-                        await stream.send_all(bytes([byte]))
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-                    await trio.sleep(0.2)
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(trickle)
+                # 1 byte per 0.2 s: 40 s if let through
+                nursery.start_soon(trickle, stream, (bytes([byte]) for byte in head))
                 took = await closed_by_broker(stream, within=5.0)
                 nursery.cancel_scope.cancel()
             assert 0.9 <= took <= 2.0, took  # header_timeout (1 s) from the first byte
@@ -113,16 +119,9 @@ async def test_a_body_trickled_slowly_is_closed_within_its_rate_bound() -> None:
             await stream.send_all(b"POST /v1/topics/slow HTTP/1.1\r\nHost: a\r\n"
                                   b"Content-Type: text/plain\r\nContent-Length: 100000\r\n\r\n")
 
-            async def trickle() -> None:
-                while True:  # 50 bytes/s against a minimum of 1000 after a 1 s grace
-                    try:
-                        await stream.send_all(b"b" * 10)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return
-                    await trio.sleep(0.2)
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(trickle)
+                # 50 bytes/s against a minimum of 1000 after a 1 s grace
+                nursery.start_soon(trickle, stream, itertools.repeat(b"b" * 10))
                 took = await closed_by_broker(stream, within=5.0)
                 nursery.cancel_scope.cancel()
             assert 0.9 <= took <= 2.0, took  # 1 s grace + 10 bytes / 1000 bytes/s

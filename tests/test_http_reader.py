@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from gateways.http_reader import RequestReader
 from gateways.http_wire import MAX_HEAD_BYTES, HttpError, RequestHead, parse_head
 
+from .test_http_wire import MALFORMED_HEADS
+
 MAX_BODY = 100_000
 CHUNKED = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -161,27 +163,13 @@ def test_a_head_past_the_limit_is_431_in_one_read_or_many(step: int | None) -> N
 @pytest.mark.parametrize(
     ("data", "status"),
     [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
+        *MALFORMED_HEADS,
         (b"GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505),
-        (b"GET / HTTX/1.1\r\nHost: h\r\n\r\n", 400),
-        (b"GET nopath HTTP/1.1\r\nHost: h\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
-        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nBad Name: x\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A : x\r\n\r\n", 400),  # space before the colon
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: x\r\n folded\r\n\r\n", 400),  # obs-fold
-        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n", 400),
         (b"GET / HTTP/1.1\nHost: h\n\n", 400),  # bare LF
-        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
         # llhttp refuses even equal repeated lengths (RFC 9110 8.6 lets a recipient).
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n", 400),  # request smuggling shape
         (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \r\nContent-Length: 3\r\n\r\nabc",
          400),  # an empty coding beside a length: a proxy in front may frame it differently
-        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: br\r\n\r\n", 501),
         (CHUNKED + b"zz\r\nabc\r\n0\r\n\r\n", 400),
         (CHUNKED + b"3\r\nabcX\r\n0\r\n\r\n", 400),
