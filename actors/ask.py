@@ -24,7 +24,6 @@ R = TypeVar("R")
 R_contra = TypeVar("R_contra", contravariant=True)
 M = TypeVar("M")
 
-_UNSET = object()
 # Scheduler rounds `wait_answered_by` gives the actor before arming a deadline. The asker
 # and the actor it just woke are both runnable; trio may run them in either order within
 # a round, so the answer of an idle actor is there after one round or, at most, two.
@@ -53,7 +52,7 @@ class Reply(Generic[R]):
 
     def __init__(self) -> None:
         self._event = trio.Event()
-        self._value: object = _UNSET
+        self._value: R  # set by `send`; read only once answered, and not by `fail`
         self._error: BaseException | None = None
         self._cancelled = False
 
@@ -91,7 +90,7 @@ class Reply(Generic[R]):
         assert self._event.is_set(), "no answer yet"
         if self._error is not None:
             raise self._error
-        return self._value  # type: ignore[return-value]
+        return self._value
 
     async def wait_answered_by(self, deadline: float) -> bool:
         """Wait until answered or `deadline` (trio time) passes; True if answered.
@@ -113,7 +112,7 @@ class Reply(Generic[R]):
         await self._event.wait()
         if self._error is not None:
             raise self._error
-        return self._value  # type: ignore[return-value]
+        return self._value
 
 
 async def ask(
