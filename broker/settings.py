@@ -170,7 +170,7 @@ def load_settings(
     path = config_path or environ.get("BROKER_CONFIG")
     values: dict[str, Any] = {}
     topic_defaults = TopicSettings()
-    overrides: list[tuple[str, TopicSettings]] = []
+    overrides: list[tuple[str, dict[str, Any]]] = []  # [topics."<pattern>"] tables, in order
 
     if path:
         try:
@@ -188,7 +188,7 @@ def load_settings(
                     if pattern == "default":
                         topic_defaults = _topic_settings(topic_defaults, table, "topics.default")
                     else:
-                        overrides.append((pattern, table))  # type: ignore[arg-type]
+                        overrides.append((pattern, table))
             elif name in _SCALARS:
                 values[name] = _convert(name, _SCALARS[name].type, value)
             else:
@@ -209,9 +209,7 @@ def load_settings(
             validate_pattern(pattern)
         except BrokerError as exc:
             raise SettingsError(f"[topics.{pattern!r}]: {exc.message}") from exc
-        resolved.append(
-            (pattern, _topic_settings(topic_defaults, table, f"topics.{pattern}"))  # type: ignore[arg-type]
-        )
+        resolved.append((pattern, _topic_settings(topic_defaults, table, f"topics.{pattern}")))
     settings = Settings(**values, topic_defaults=topic_defaults, topic_overrides=tuple(resolved))
     _check(settings)
     return settings
