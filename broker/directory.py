@@ -35,6 +35,7 @@ from .errors import AlreadySubscribed, NotSubscribed, Overloaded, TooManyTopics
 from .memory_budget import MemoryBudget
 from .messages import IdleTick, SubscribeResult, Unsubscribe
 from .metrics import BrokerCounters
+from .outbox_items import ControlFrame
 from .policies import CloseReason
 from .settings import Settings
 from .subjects import SubjectTrie, pattern_matches
@@ -68,7 +69,7 @@ class SubscribePattern:
 
     subscriber: Subscriber
     pattern: str
-    ack: Callable[[SubscribeResult], object] | None
+    ack: Callable[[SubscribeResult], ControlFrame] | None
     reply: Reply[list[TopicActor]]
 
 
@@ -270,7 +271,7 @@ class TopicDirectory:
         self,
         subscriber: Subscriber,
         pattern: str,
-        ack: Callable[[SubscribeResult], object] | None,
+        ack: Callable[[SubscribeResult], ControlFrame] | None,
     ) -> list[TopicActor]:
         """Record a wildcard subscription; return the existing topics it matches.
 

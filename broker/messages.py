@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, final
 
 import trio
 
@@ -20,10 +20,12 @@ from actors import Answer, Reply
 from .codec import PayloadKind
 
 if TYPE_CHECKING:
+    from .connection import Subscriber
     from .history import History
-    from .subscriber import Subscriber
+    from .outbox_items import ControlFrame
 
 
+@final  # outboxes tell their items apart by `type(item) is Message`
 class Message:
     """One published message with its offset. Shared by every subscriber, never copied.
 
@@ -101,6 +103,7 @@ class Payload:
 # Requests a TopicActor accepts.
 
 
+@final  # told apart from a `PublishBatch` by `type(request) is Publish`
 @dataclass(slots=True)  # per message: not frozen, see `Payload`
 class Publish:
     """One payload to accept; answered with its offset on a `Reply` (a waiting publisher)
@@ -126,7 +129,7 @@ class Subscribe:
     pattern: str
     start: int | str
     # Renders the `ok` frame; the topic queues it before any replayed message.
-    ack: Callable[[SubscribeResult], object] | None
+    ack: Callable[[SubscribeResult], ControlFrame] | None
     reply: Reply[SubscribeResult] | None
 
 

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
@@ -70,12 +71,15 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import BrokerCounters, BrokerMetrics, Gauges, task_count
+from .outbox_items import ControlFrame
 from .pending_publish import PendingPublish, PublishDeadlines
 from .settings import Settings
 from .subjects import is_wildcard, validate_pattern, validate_topic
 from .topic import TopicActor, TopicStatistics
 
 log = logging.getLogger("broker")
+
+R = TypeVar("R")  # what the directory answers a request
 
 # Bound on waiting for an actor that has accepted a request to answer it. Actors answer
 # in microseconds; this only fires if one is wedged, and turns a hang into `Unavailable`.
@@ -375,7 +379,7 @@ class Broker:
         subscriber: Subscriber,
         pattern: str,
         start: int | str = "latest",
-        ack: Callable[[SubscribeResult], object] | None = None,
+        ack: Callable[[SubscribeResult], ControlFrame] | None = None,
     ) -> SubscribeResult:
         """Subscribe to a topic or wildcard pattern; `ack` is queued before any replay."""
         validate_pattern(pattern)
@@ -402,7 +406,7 @@ class Broker:
     async def unsubscribe(self, subscriber_id: int, pattern: str) -> bool:
         """Remove one subscription; False if it did not exist."""
         if is_wildcard(pattern):
-            topics = await self._ask_directory(
+            topics: list[TopicActor] | None = await self._ask_directory(
                 lambda reply: UnsubscribePattern(subscriber_id, pattern, reply)
             )
             if topics is None:
@@ -453,12 +457,12 @@ class Broker:
         subscriber: Subscriber,
         pattern: str,
         start: str,
-        ack: Callable[[SubscribeResult], object] | None,
+        ack: Callable[[SubscribeResult], ControlFrame] | None,
     ) -> None:
         """The directory records the pattern (new topics attach it themselves); this task,
         not the directory, tells the existing matching topics, so a stalled topic delays
         only this subscriber. If one will not take it, the subscription is undone."""
-        topics = await self._ask_directory(
+        topics: list[TopicActor] = await self._ask_directory(
             lambda reply: SubscribePattern(subscriber, pattern, ack, reply)
         )
         refused = await self._tell_each(
@@ -467,7 +471,7 @@ class Broker:
         if refused:
             # Undo: forget the pattern, and leave the topics that took it (not the stuck
             # ones, which never got it and would only make us wait again).
-            matching = await self._ask_directory(
+            matching: list[TopicActor] | None = await self._ask_directory(
                 lambda reply: UnsubscribePattern(subscriber.id, pattern, reply)
             )
             took_it = [t for t in matching or [] if t.name not in refused]
@@ -569,9 +573,9 @@ class Broker:
     async def _topics(self, prefix: str) -> list[TopicActor]:
         return await self._ask_directory(lambda reply: ListTopics(prefix, reply))
 
-    async def _ask_directory(  # type: ignore[no-untyped-def]
-        self, build: Callable[[Reply], DirectoryRequest], timeout: float = ANSWER_TIMEOUT
-    ):
+    async def _ask_directory(
+        self, build: Callable[[Reply[R]], DirectoryRequest], timeout: float = ANSWER_TIMEOUT
+    ) -> R:
         try:
             return await ask(self._directory, build, timeout=max(timeout, 0.0))
         except (ActorStopped, AskTimeout) as exc:

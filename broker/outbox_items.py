@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import final
 
 from .messages import Message
 
@@ -18,6 +19,7 @@ class Offer(enum.Enum):
     CLOSED = "closed"
 
 
+@final  # outboxes tell their items apart by `type(item) is ControlFrame`
 @dataclass(frozen=True, slots=True)
 class ControlFrame:
     """An outbox item that is not a message (a reply such as `ok`): written, not counted."""
@@ -64,13 +66,12 @@ Item = Message | ControlFrame | memoryview
 def item_size(item: object, render: Callable[[Message], bytes]) -> int:
     """Bytes an outbox item holds for its connection (see `Outbox.queued_bytes`); for
     the slow paths (the message paths count inline)."""
-    kind = type(item)
-    if kind is Message:
-        return len(item.rendered(render))  # type: ignore[attr-defined]
-    if kind is ControlFrame:
-        return len(item.data)  # type: ignore[attr-defined]
-    if kind is memoryview or kind is bytes:
-        return len(item)  # type: ignore[arg-type]
+    if type(item) is Message:
+        return len(item.rendered(render))
+    if type(item) is ControlFrame:
+        return len(item.data)
+    if type(item) is memoryview or type(item) is bytes:
+        return len(item)
     return 0  # an object a test queues
 
 
