@@ -33,7 +33,7 @@ from .client import (
     Message,
     open_client,
 )
-from .serve import serve
+from .serve import Addresses, serve
 
 log = logging.getLogger("broker.cli")
 
@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_pubsub_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_pubsub_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
     pub = commands.add_parser("pub", help="publish a message (prints its offset)")
     pub.add_argument("topic", metavar="TOPIC")
     pub.add_argument("data", metavar="DATA",
@@ -245,14 +247,14 @@ async def _serve_until_signalled(settings: Settings) -> int:
                         nursery.cancel_scope.cancel()
                         return
 
-            async def run(*, task_status: trio.TaskStatus[object]) -> None:
+            async def run(*, task_status: trio.TaskStatus[Addresses]) -> None:
                 await serve(settings, stop, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
             addresses = await nursery.start(run)
             _tune_gc()
-            print(addresses.listening_line(), flush=True)  # type: ignore[attr-defined]
+            print(addresses.listening_line(), flush=True)
     return 1 if forced else 0
 
 
@@ -294,9 +296,10 @@ def _os_error(exc: BaseException) -> OSError | None:
         matched, rest = exc.split(OSError)
         if matched is None or rest is not None:
             return None
-        while isinstance(matched, BaseExceptionGroup):
-            matched = matched.exceptions[0]  # type: ignore[assignment]
-        exc = matched
+        first: BaseException = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        exc = first
     return exc if isinstance(exc, OSError) else None
 
 

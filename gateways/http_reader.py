@@ -237,14 +237,14 @@ class RequestReader:
                     raise HttpError(431, f"the request head is over {MAX_HEAD_BYTES} bytes")
             elif head.chunked:
                 pieces = self._pieces
-                body = b"".join(pieces)
+                block = b"".join(pieces)
                 pieces.clear()
-                self._blocks.append(body)
-                self._body_bytes += len(body)
+                self._blocks.append(block)
+                self._body_bytes += len(block)
                 if self._body_bytes > self._max_body:
                     raise HttpError(413, f"body is over the limit of {self._max_body} bytes")
                 if counted:
-                    self._count_framing(size, len(body), len(self._chunk_marks))
+                    self._count_framing(size, len(block), len(self._chunk_marks))
                     if self._excess() > MAX_HEAD_BYTES:
                         raise _framing_error()
                 self._chunk_marks.clear()

@@ -22,7 +22,6 @@ import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 
 import orjson
 import trio
@@ -134,11 +133,12 @@ class HttpServer:
         then wait for the connections to finish."""
         sockets = take_over(listeners)
         async with trio.open_nursery() as connections:
-            start = partial(connections.start_soon, self._serve_connection)
             with self._accepting:
                 async with trio.open_nursery() as accepting:
                     for sock in sockets:
-                        accepting.start_soon(accept_loop, sock, start)
+                        accepting.start_soon(
+                            accept_loop, sock, connections, self._serve_connection
+                        )
                     task_status.started()
 
     def drain(self) -> None:

@@ -88,7 +88,11 @@ async def serve(
     async with open_broker(settings) as broker:
         ready = False
         closing = trio.Event()
-        app = AsgiBridge(create_app(broker, lambda: ready and not broker.draining))
+        # Quart types the ASGI scope and events as hypercorn's TypedDicts; the bridge builds
+        # plain dicts of those shapes (`asgi_bridge`), typed as mappings.
+        app = AsgiBridge(
+            create_app(broker, lambda: ready and not broker.draining)  # type: ignore[arg-type]
+        )
         http_server = HttpServer(
             _http_handler(PublishRoute(broker), app),
             max_body=max(settings.max_body_bytes, settings.max_payload_bytes),

@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 from trio.lowlevel import notify_closing, wait_readable, wait_writable
@@ -64,9 +64,11 @@ def prepare(sock: socket.socket) -> bool:
 
 async def accept_loop(
     listener: socket.socket,
-    start_connection: Callable[[socket.socket], None],
+    connection_nursery: trio.Nursery,
+    serve_connection: Callable[[socket.socket], Awaitable[object]],
 ) -> None:
-    """Accept connections until cancelled; closes the listening socket when done.
+    """Accept connections until cancelled, each served by `serve_connection(sock)` in
+    `connection_nursery`; closes the listening socket when done.
 
     Every connection waiting in the backlog is taken per wake-up (up to ACCEPT_BURST; the
     next wait lets the connections run): a crowd connecting at once costs one wait, not
@@ -89,7 +91,7 @@ async def accept_loop(
                     await trio.sleep(ACCEPT_RETRY_SECONDS)
                     break
                 if prepare(sock):
-                    start_connection(sock)
+                    connection_nursery.start_soon(serve_connection, sock)
     finally:
         notify_closing(listener)
         listener.close()
@@ -141,7 +143,7 @@ async def receive(sock: socket.socket, deadline: float, size: int = 65536) -> by
 
 async def send_all(
     sock: socket.socket,
-    data: bytes,
+    data: bytes | memoryview,
     deadline: float,
     waiting: Callable[[trio.CancelScope | None], None] | None = None,
 ) -> None:
@@ -158,7 +160,7 @@ async def send_all(
         if sent == len(data):
             return
         if sent:
-            data = memoryview(data)[sent:]  # type: ignore[assignment]
+            data = memoryview(data)[sent:]
         with trio.CancelScope(deadline=deadline) as scope:
             if waiting is not None:
                 waiting(scope)

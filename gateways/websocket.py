@@ -128,8 +128,7 @@ async def serve_websocket(
     registry: set[WebSocketConnection] = set()
     try:
         port = listeners[0].getsockname()[1]
-        start = partial(connection_nursery.start_soon, _serve_connection, broker, registry,
-                        closing)
+        serve = partial(_serve_connection, broker, registry, closing)
         connection_nursery.start_soon(_close_all_on_drain, closing, registry)
     except BaseException:
         for listener in listeners:
@@ -138,7 +137,7 @@ async def serve_websocket(
     task_status.started(port)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(accept_loop, listener, start)
+            nursery.start_soon(accept_loop, listener, connection_nursery, serve)
 
 
 __all__ = [
