@@ -6,7 +6,7 @@ import httpx
 import trio
 import trio.testing
 
-from .conftest import RunningBroker, receive, request, wait_until, websocket
+from ..conftest import RunningBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
 
 ABRUPT = 1000

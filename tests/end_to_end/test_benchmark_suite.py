@@ -32,7 +32,7 @@ from benchmarks.scenarios.ws_publish import (
 from benchmarks.schedule import RateSchedule, accuracy_pct, achieved_rate, run_at_rate
 from benchmarks.stats import direction, is_regression, latency_summary, median_of, percentile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Every case a --quick run of the whole suite reports (idle is not part of --quick).
 QUICK_CASES = {

@@ -18,9 +18,9 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from benchmarks.baselines import TARGETS
 
-from .conftest import TIMEOUT, receive, request
+from ..conftest import TIMEOUT, receive, request
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 READY_LINE = re.compile(rb"broker listening on (http://\S+) (ws://\S+)")
 
 

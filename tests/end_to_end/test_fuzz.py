@@ -42,8 +42,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from broker.metrics import Gauges
 from gateways.wsframe import frame as unmasked_frame
 
-from .cbor_model import cbor_refusal
-from .conftest import (
+from ..cbor_model import cbor_refusal
+from ..conftest import (
     TIMEOUT,
     RunningBroker,
     StartBroker,
