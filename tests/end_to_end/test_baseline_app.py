@@ -20,6 +20,9 @@ from benchmarks.baselines import TARGETS
 
 from ..conftest import TIMEOUT, receive, request
 
+# Each test starts the FastAPI app under uvicorn in a process of its own (~2 s in all).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 READY_LINE = re.compile(rb"broker listening on (http://\S+) (ws://\S+)")
 

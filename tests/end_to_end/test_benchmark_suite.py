@@ -47,6 +47,7 @@ QUICK_CASES = {
 # -- the smoke run -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # every scenario, --quick (~26 s)
 def test_quick_suite_completes_every_scenario_without_loss(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--runs", "1", "--out", str(tmp_path)],

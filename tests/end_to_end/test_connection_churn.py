@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -13,6 +14,7 @@ ABRUPT = 1000
 AT_ONCE = 100
 
 
+@pytest.mark.slow  # a storm of 1,000 connections
 async def test_a_thousand_abrupt_disconnects_leave_no_subscriber_entries(
     running: RunningBroker,
 ) -> None:
