@@ -1,4 +1,5 @@
-"""Imports point one way: gateways -> broker -> actors (checked with `ast`, no imports run)."""
+"""Imports point one way: gateways -> broker -> actors, and `broker/` holds no socket
+(checked with `ast`, no imports run)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ THIRD_PARTY_ALLOWED = {
     "actors": {"trio"},
     "broker": {"trio", "orjson", "cbor2", "prometheus_client"},
 }
+# The domain holds no socket: the gateways write, through an interface broker/ defines.
+SOCKET_MODULES = {"socket", "ssl", "select", "selectors"}
+SOCKET_METHODS = {
+    "send", "sendall", "sendmsg", "recv", "recv_into", "accept", "setsockopt", "shutdown",
+}
+# Named like a socket method but known not to be one. `reply.send(value)` is the one-shot
+# answer to an ask (`actors.Reply.send`), used by the topic and directory actors (the only
+# finds in broker/ today). What a check by name cannot see: a socket method handed in and
+# stored under another name (`Outbox._write_now` is `sock.send`, from gateways/ws_connection.py).
+NOT_SOCKET_USES = {"reply.send"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -24,6 +35,41 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
     return names
+
+
+def socket_uses(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
+    """(line, what) for each place `source` imports a socket module (`socket`, `ssl`,
+    `select`, `selectors`) or names a socket method on anything: `x.send(...)`, or `x.send`
+    itself handed on as a callback, or `getattr(x, "send")`. By name only: the receiver's
+    type is not known, so a method of another class with such a name is found too."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Import):
+            found += [
+                (node.lineno, f"import {alias.name}")
+                for alias in node.names
+                if alias.name.split(".")[0] in SOCKET_MODULES
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] in SOCKET_MODULES:
+                found.append((node.lineno, f"from {node.module} import ..."))
+        elif names_a_socket_method(node):
+            found.append((node.lineno, ast.unparse(node)))
+    return sorted(found)
+
+
+def names_a_socket_method(node: ast.AST) -> bool:
+    """`x.send` (called or not), or `getattr(x, "send")`."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in SOCKET_METHODS
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "getattr"
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and node.args[1].value in SOCKET_METHODS
+    )
 
 
 @pytest.mark.parametrize("layer", LAYERS)
@@ -49,6 +95,77 @@ def test_inner_layers_use_no_io_framework(layer: str) -> None:
         if imported_modules(path) - allowed
     }
     assert offenders == {}
+
+
+def test_the_broker_imports_no_socket_module_and_calls_no_socket_method() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)}:{line}": what
+        for path in sorted((ROOT / "broker").rglob("*.py"))
+        for line, what in socket_uses(path.read_text(), str(path))
+        if what not in NOT_SOCKET_USES
+    }
+    assert offenders == {}
+
+
+SOURCE_WITH_SOCKETS = """
+import socket
+import ssl as tls
+from selectors import DefaultSelector
+import select
+
+def write(sock, frame, conn):
+    sock.send(frame)
+    conn.transport.sendall(frame)
+    self._sock.sendmsg([frame])
+    data = sock.recv(10)
+    sock.recv_into(buffer)
+    listener.accept()
+    sock.setsockopt(1, 2, 3)
+    sock.shutdown(1)
+    return Outbox(write_now=sock.send)
+
+def sneaky(sock):
+    getattr(sock, "send")(b"x")
+"""
+
+
+def test_the_socket_check_finds_socket_imports_and_methods_on_anything() -> None:
+    assert socket_uses(SOURCE_WITH_SOCKETS) == [
+        (2, "import socket"),
+        (3, "import ssl"),
+        (4, "from selectors import ..."),
+        (5, "import select"),
+        (8, "sock.send"),
+        (9, "conn.transport.sendall"),
+        (10, "self._sock.sendmsg"),
+        (11, "sock.recv"),
+        (12, "sock.recv_into"),
+        (13, "listener.accept"),
+        (14, "sock.setsockopt"),
+        (15, "sock.shutdown"),
+        (16, "sock.send"),
+        (19, "getattr(sock, 'send')"),
+    ]
+    assert socket_uses("reply.send(3)") == [(1, "reply.send")]  # by name: allowed by the test
+
+
+def test_the_socket_check_passes_what_is_not_a_socket_method() -> None:
+    source = """
+import trio
+from .outbox import send_window
+
+class Pending:
+    def send(self, offset):
+        self._write_now(offset)
+        channel.send_nowait(offset)
+        self.sender.sendmore = 1
+
+    async def wait(self, offset):
+        await channel.send(offset)
+"""
+    # Defining a `send`, a callback under another name, `send_nowait`: not socket calls.
+    # A trio channel's `send` is found like any other (by name): broker/ has none today.
+    assert socket_uses(source) == [(12, "channel.send")]
 
 
 def test_the_code_is_ruff_clean() -> None:

@@ -23,7 +23,7 @@ import orjson
 import trio
 from trio_websocket import open_websocket_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 HOST = "127.0.0.1"
 # How long the broker may take to start and print its listening line.
 START_SECONDS = 20.0

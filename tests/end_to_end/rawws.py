@@ -16,7 +16,7 @@ import trio
 
 from gateways.wsframe import client_frame
 
-from .conftest import TIMEOUT
+from ..conftest import TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.idle import FileLimitTooLow, check_file_limit, run_idle
 from benchmarks.lean import server_frames
 
-from .conftest import StartBroker
+from ..conftest import StartBroker
 
 CONNECTIONS = 50
 

@@ -11,7 +11,7 @@ import trio.testing
 from broker import Broker, BrokerError, Settings, TopicBusy, open_broker
 from broker.pending_publish import PendingPublish, PublishDeadlines
 
-from .conftest import ONE_SLOT_MAILBOX, paused_topic
+from ..conftest import ONE_SLOT_MAILBOX, paused_topic
 
 SETTINGS = Settings(topic_idle_seconds=0, publish_timeout=0.5)
 

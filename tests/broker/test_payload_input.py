@@ -38,7 +38,7 @@ from broker.history import History
 from broker.messages import Message
 from broker.metrics import BrokerCounters
 
-from .cbor_model import cbor_refusal
+from ..cbor_model import cbor_refusal
 
 LIMIT = 1 << 20
 CBOR = "application/cbor"

@@ -13,7 +13,7 @@ import trio
 
 from gateways.http_server import HttpRequest, HttpResponse, HttpServer, json_response
 
-from .conftest import StartBroker
+from ..conftest import StartBroker
 
 TIMEOUT = 5.0
 

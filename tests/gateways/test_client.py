@@ -34,7 +34,7 @@ from gateways.client_ws import (
     subscription_url,
 )
 
-from .conftest import TIMEOUT, RunningBroker, StartBroker
+from ..conftest import TIMEOUT, RunningBroker, StartBroker
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import httpx
 import orjson
+import pytest
 import trio
 
 from .attack import BrokerProcess, broker_process, latency_probe, raw_connect, wait_for
@@ -94,6 +95,7 @@ async def test_a_body_of_400_000_one_byte_chunks_is_accepted_without_stalling_ot
         await back_to_baseline(proc, rss, fds)
 
 
+@pytest.mark.slow  # waits out header_timeout (~1.6 s)
 async def test_a_head_trickled_byte_by_byte_is_closed_within_header_timeout() -> None:
     async with broker_process("--header-timeout", "1") as proc:
         rss, fds = proc.rss_bytes(), proc.open_fds()
@@ -111,6 +113,7 @@ async def test_a_head_trickled_byte_by_byte_is_closed_within_header_timeout() ->
         await back_to_baseline(proc, rss, fds)
 
 
+@pytest.mark.slow  # a trickle of seconds (~1.5 s)
 async def test_a_body_trickled_slowly_is_closed_within_its_rate_bound() -> None:
     async with broker_process("--header-timeout", "1", "--min-receive-rate", "1000") as proc:
         rss, fds = proc.rss_bytes(), proc.open_fds()
@@ -129,6 +132,7 @@ async def test_a_body_trickled_slowly_is_closed_within_its_rate_bound() -> None:
         await back_to_baseline(proc, rss, fds)
 
 
+@pytest.mark.slow  # waits out write_timeout (~1.7 s)
 async def test_clients_that_never_read_a_large_history_page_are_closed_within_write_timeout(
 ) -> None:
     """Ten clients ask for a 1.3 MB page each and never read (their receive buffers are

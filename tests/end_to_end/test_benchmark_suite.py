@@ -32,7 +32,7 @@ from benchmarks.scenarios.ws_publish import (
 from benchmarks.schedule import RateSchedule, accuracy_pct, achieved_rate, run_at_rate
 from benchmarks.stats import direction, is_regression, latency_summary, median_of, percentile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Every case a --quick run of the whole suite reports (idle is not part of --quick).
 QUICK_CASES = {
@@ -47,6 +47,7 @@ QUICK_CASES = {
 # -- the smoke run -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # every scenario, --quick (~26 s)
 def test_quick_suite_completes_every_scenario_without_loss(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--runs", "1", "--out", str(tmp_path)],

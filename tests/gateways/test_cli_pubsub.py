@@ -16,7 +16,7 @@ import trio
 from gateways import Gap, Message, open_client
 from gateways.cli import item_line, main, parse_data
 
-from .conftest import TIMEOUT, RunningBroker
+from ..conftest import TIMEOUT, RunningBroker
 
 
 def _environment(**extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import trio
 
 from broker import TopicSettings
 
-from .conftest import RunningBroker, StartBroker, receive, request, websocket
+from ..conftest import RunningBroker, StartBroker, receive, request, websocket
 
 
 async def test_wildcard_subscribers_get_matching_topics_only(

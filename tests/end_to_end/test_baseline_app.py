@@ -18,9 +18,12 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from benchmarks.baselines import TARGETS
 
-from .conftest import TIMEOUT, receive, request
+from ..conftest import TIMEOUT, receive, request
 
-REPO = Path(__file__).resolve().parents[1]
+# Each test starts the FastAPI app under uvicorn in a process of its own (~2 s in all).
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 READY_LINE = re.compile(rb"broker listening on (http://\S+) (ws://\S+)")
 
 

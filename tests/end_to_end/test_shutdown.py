@@ -14,10 +14,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from .conftest import TIMEOUT, StartBroker, receive, request, websocket
+from ..conftest import TIMEOUT, StartBroker, receive, request, websocket
 from .rawws import RawWebSocket
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/end_to_end/ -> the repository
 
 
 async def test_stop_delivers_queued_messages_then_closes_with_1001(

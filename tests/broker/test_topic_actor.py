@@ -27,7 +27,7 @@ from broker.messages import Pause, Payload, Publish
 from broker.metrics import BrokerCounters
 from broker.topic import ANSWER_FIRST_SUBSCRIBERS, TopicActor
 
-from .conftest import ONE_SLOT_MAILBOX, paused_topic
+from ..conftest import ONE_SLOT_MAILBOX, paused_topic
 
 PAYLOAD_SETTINGS = Settings(topic_idle_seconds=0)
 # `block` topics with a one-slot mailbox: backpressure reaches publishers at once.

@@ -34,6 +34,7 @@ from urllib.parse import quote
 import cbor2
 import httpx
 import orjson
+import pytest
 import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -42,8 +43,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from broker.metrics import Gauges
 from gateways.wsframe import frame as unmasked_frame
 
-from .cbor_model import cbor_refusal
-from .conftest import (
+from ..cbor_model import cbor_refusal
+from ..conftest import (
     TIMEOUT,
     RunningBroker,
     StartBroker,
@@ -1423,6 +1424,7 @@ async def _storm_client(port: int, mode: int, n: int) -> None:
             await raw.aclose()
 
 
+@pytest.mark.slow  # a storm (~1.8 s)
 async def test_a_websocket_storm_leaves_the_broker_as_it_was_and_publishers_unhindered(
     start_broker: StartBroker,
 ) -> None:

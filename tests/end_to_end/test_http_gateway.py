@@ -10,7 +10,7 @@ import orjson
 import pytest
 import trio
 
-from .conftest import RunningBroker, StartBroker
+from ..conftest import RunningBroker, StartBroker
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

@@ -44,7 +44,7 @@ COSTLY_BODIES = {
     "value sharing (tags 28/29)": sharing_body(),
     # Rendering blow-up without tags: a simple value is 14 bytes of JSON for 1 of CBOR (and
     # each one was a Python object to cbor2: 285 ms for 1 MiB). (`false`, 6 bytes for 1, is
-    # refused by the rendering bound after 30-70 ms of C work: tests/test_payload_input.py.)
+    # refused by the rendering bound after 30-70 ms of C work: tests/broker/test_payload_input.py.)
     "a 1 MiB array of simple values": (
         b"\x9a" + (1_000_000).to_bytes(4, "big") + b"\xe0" * 1_000_000),
 }

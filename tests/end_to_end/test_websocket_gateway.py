@@ -20,7 +20,7 @@ from broker import Settings, SlowConsumerPolicy, TopicSettings
 from gateways.websocket import _handshake
 from gateways.ws_handshake import Accept
 
-from .conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
+from ..conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
 
 

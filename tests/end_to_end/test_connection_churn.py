@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
-from .conftest import RunningBroker, receive, request, wait_until, websocket
+from ..conftest import RunningBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame
 
 ABRUPT = 1000
 AT_ONCE = 100
 
 
+@pytest.mark.slow  # a storm of 1,000 connections
 async def test_a_thousand_abrupt_disconnects_leave_no_subscriber_entries(
     running: RunningBroker,
 ) -> None:

@@ -13,7 +13,7 @@ import trio
 
 from broker import SlowConsumerPolicy, TopicSettings
 
-from .conftest import StartBroker, receive, request, wait_until, websocket
+from ..conftest import StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket
 
 MESSAGES = 320

@@ -6,7 +6,7 @@ import httpx
 import orjson
 import trio
 
-from .conftest import RunningBroker, receive, request, websocket
+from ..conftest import RunningBroker, receive, request, websocket
 
 
 async def test_publish_answers_202_with_consecutive_offsets(http: httpx.AsyncClient) -> None:
