@@ -55,7 +55,7 @@ SHED_AT = 0.75
 SHED_TO = 0.65
 # What one idle topic costs (its actor's task, mailbox, history, directory entry), with a
 # margin: 4.8 KB of RSS per topic over 10,000 topics made by HTTP publishes, 4.6 KB traced
-# by tracemalloc (`tests/test_memory_budget.py` keeps it under this).
+# by tracemalloc (`tests/broker/test_memory_budget.py` keeps it under this).
 TOPIC_BYTES = 6 * 1024
 # What one idle WebSocket connection costs, with a margin, on top of the bytes its outbox
 # queues: 6.4 KB of RSS per connection over 1,000 subscribed connections to a broker
