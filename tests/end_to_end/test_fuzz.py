@@ -624,7 +624,9 @@ async def _publish_render_case(
         value = orjson.loads(body) if kind == "json" else load_cbor(body)
         held = ("application/json", body) if kind == "json" else ("application/cbor", body)
         expected = ACCEPT if plain(value) else EITHER
-        if kind == "cbor" and cbor_refusal(body):
+        # Bulk and WebSocket paths send the value re-encoded, not the body: a tag cbor2
+        # decodes away (28 around a value that is not shared) is not in what is sent.
+        if kind == "cbor" and cbor_refusal(cbor_bytes(value)):
             expected = REFUSE
         message = {"topic": "fz.render", "data": value}
         if path == "bulk":
@@ -913,9 +915,10 @@ async def fuzz_requests(
                     acceptable = model.expect(obj)
                     if wire is CBOR_WIRE and cbor_refusal(frame):
                         # Refused where the decoder meets it (README): a broken frame may
-                        # be found broken first, or refused first.
-                        acceptable = {"invalid_payload"} | (
-                            {"invalid_frame"} if obj is None else set())
+                        # be found broken first, or refused first; and the broker finds more
+                        # broken than cbor2 does (a tag holding the wrong type), sometimes
+                        # inside a refused tag's content, which is read before the tag.
+                        acceptable = {"invalid_payload", "invalid_frame"}
                         obj = None
                     await ws.send_message(frame)
                     reply = await next_reply(ws)
