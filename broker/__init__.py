@@ -1,7 +1,6 @@
 """The broker's domain: topics, subscriptions, wire formats, policies. No sockets, no HTTP."""
 
 from . import codec
-from .codec import PayloadKind, WireFormat
 from .connection import OpenConnections, Subscriber, SubscriberInfo, next_connection_id
 from .errors import (
     AlreadySubscribed,
@@ -21,6 +20,7 @@ from .errors import (
     UnknownOperation,
     UnsupportedContentType,
 )
+from .formats import PayloadKind, WireFormat
 from .memory_budget import MemoryBudget, MemoryStatistics
 from .messages import HistoryPage, Message, Payload, SubscribeResult
 from .node import Broker, open_broker

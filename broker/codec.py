@@ -1,5 +1,8 @@
 """Wire formats, pure: payload kinds, client request decoding, server frame encoding.
 
+The `PayloadKind` and `WireFormat` enums live in `formats.py` (so `messages.py` need not
+import this module) and are re-exported here.
+
 No I/O here. JSON uses orjson (several times faster than the stdlib on both encode and
 decode); CBOR uses cbor2. A `message` frame splices the payload bytes in where the format
 allows (a JSON payload into a JSON frame, a CBOR payload into a CBOR frame) so the hot path
@@ -8,9 +11,8 @@ does not decode and re-encode.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 import orjson
@@ -24,6 +26,7 @@ from .errors import (
     PayloadTooLarge,
     UnknownOperation,
 )
+from .formats import PayloadKind, WireFormat
 from .json_input import (
     _DIGIT_RUN,
     _DIGITS,
@@ -35,6 +38,7 @@ from .json_input import (
     load_json,
     may_hold_big_integers,
 )
+from .messages import Message, Payload
 from .rendering import (
     RENDERING_FACTOR,
     _json_default,
@@ -45,9 +49,6 @@ from .rendering import (
     to_json,
 )
 from .subjects import validate_pattern, validate_topic
-
-if TYPE_CHECKING:
-    from .messages import Message
 
 __all__ = [  # what other modules take from here, re-exported from the split-off modules too
     "RENDERING_FACTOR",
@@ -70,26 +71,6 @@ __all__ = [  # what other modules take from here, re-exported from the split-off
 ]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-class PayloadKind(enum.Enum):
-    """How a payload is shown to subscribers, decided by its content type."""
-
-    JSON = "json"
-    CBOR = "cbor"
-    TEXT = "text"
-    BINARY = "binary"
-
-
-class WireFormat(enum.Enum):
-    """The WebSocket subprotocols, and the frame type each uses."""
-
-    JSON = "broker.v1.json"
-    CBOR = "broker.v1.cbor"
-
-    @property
-    def subprotocol(self) -> str:
-        return self.value
 
 
 def media_type(content_type: str | None) -> str:
@@ -423,8 +404,6 @@ def decode_batch(
     `document` comes from `load_bulk_body`: integers exact, nesting checked; each entry's
     rendering is made here as for a single publish (`checked_payload`).
     """
-    from .messages import Payload
-
     if not isinstance(document, dict) or not isinstance(document.get("messages"), list):
         raise InvalidPayload('bulk body must be an object {"messages": [...]}')
     entries = document["messages"]

@@ -17,7 +17,7 @@ import trio
 
 from actors import Answer, Reply
 
-from .codec import PayloadKind
+from .formats import PayloadKind
 
 if TYPE_CHECKING:
     from .connection import Subscriber

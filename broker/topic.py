@@ -5,8 +5,10 @@ task, so a supervisor restarting `run` after a crash keeps all of it: subscriber
 subscribed, history and offsets continue. Only the request that crashed is lost, and its
 asker is answered with `Unavailable`.
 
-Forwarding never waits: a frame goes into each subscriber's outbox with `send_nowait`, and
-a full outbox is handed to the topic's `SlowConsumerPolicy`.
+Forwarding never waits: a frame goes into each subscriber's outbox with `Outbox.offer`, and
+a full outbox is handed to the topic's `SlowConsumerPolicy`. Messages forwarded in one turn
+are written as one burst; the burst's state, its end-of-turn write and the held burst of
+adaptive batching (`flush_delay`) are the base class `TopicBurst` (`topic_burst.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
-from trio.lowlevel import checkpoint
 
 from actors import Address, Mailbox
 
@@ -42,9 +43,10 @@ from .messages import (
     Unsubscribe,
 )
 from .metrics import BrokerCounters
-from .outbox_items import Burst, ControlFrame, Offer
+from .outbox_items import ControlFrame, Offer
 from .policies import CloseReason, SlowConsumerPolicy
 from .settings import TopicSettings
+from .topic_burst import TopicBurst
 
 log = logging.getLogger("broker.topic")
 
@@ -54,7 +56,7 @@ ACCEPTED, FULL = Offer.ACCEPTED, Offer.FULL
 # enough to batch a burst, small enough (~1 ms of work) to keep other topics responsive.
 TURN_REQUESTS = 256
 # From this many subscribers, a publisher's answer goes out before the topic writes the
-# message to them (`_next_in_burst`): the writes cost more than the scheduler round that
+# message to them (`TopicBurst._next_in_burst`): the writes cost more than the scheduler round that
 # lets the publisher go first. Below it, the frames are written at once: a lone message
 # to a few subscribers keeps its latency (`python -m benchmarks e2e`: 20 subscribers).
 ANSWER_FIRST_SUBSCRIBERS = 64
@@ -97,7 +99,7 @@ class _Subscription:
         self.patterns = {pattern}
 
 
-class TopicActor:
+class TopicActor(TopicBurst):
     """See the module docstring. Start `run` under a supervisor; reach it via `address`."""
 
     def __init__(
@@ -123,15 +125,7 @@ class TopicActor:
         # A batch's messages still to forward while `_blocked` waits (block policy): made
         # per batch and dropped once forwarded (a deque costs 624 bytes; most topics idle).
         self._backlog: deque[Message] | None = None
-        # Messages forwarded this turn as a burst (lone=False): outboxes hold them until
-        # the end of the turn, when `_flush` has each write them at once.
-        self._burst: list[Message] = []
-        # Adaptive batching (`TopicSettings.flush_delay`): when the last write was recent,
-        # a burst is held open until `_hold_until` for more messages to join it.
-        self._last_write = -float("inf")
-        self._hold_until: float | None = None
-        # A publisher was answered this turn and its message is in the burst (`_next_in_burst`).
-        self._answered = False
+        super().__init__()  # the burst's state (`TopicBurst`)
         self.retired = False
         # Parked at the top of `run`, waiting for a request, nothing held; or parked waiting
         # for more to join a held burst (`publish_now`).
@@ -230,47 +224,6 @@ class TopicActor:
         self.last_active = trio.current_time()
         return True
 
-    def _flush(self) -> None:
-        """End of a burst: every subscriber's outbox writes what it holds (one write each,
-        the burst's frames joined once per wire format)."""
-        self._hold_until = None
-        self._answered = False
-        if self._burst:
-            burst = Burst(self._burst)
-            self._burst = []
-            for subscription in self._subscriptions.values():
-                subscription.subscriber.outbox.flush(burst)
-            self._last_write = trio.current_time()
-
-    async def _next_in_burst(self) -> TopicRequest | None:
-        """With a burst to write and nothing queued: a request that joins it, or None
-        (time to write). Publishers answered this turn with a message for at least
-        `ANSWER_FIRST_SUBSCRIBERS` run first (one scheduler round), so their answers
-        usually go out before the burst's writes, and their next publish overlaps with
-        those writes instead of waiting for them (`python -m benchmarks fanout
-        sustained`)."""
-        request = await self._held_request()
-        if request is None and self._answered:
-            self._answered = False
-            await checkpoint()
-            try:
-                request = self._mailbox.receive_nowait()
-            except trio.WouldBlock:
-                request = None
-        return request
-
-    async def _held_request(self) -> TopicRequest | None:
-        """A held burst (see `_forward`) waits for the next request until its deadline;
-        None when the deadline passes first (time to write)."""
-        if self._hold_until is None:
-            return None
-        with trio.move_on_at(self._hold_until):
-            self._holding = True
-            try:
-                return await self._mailbox.receive()
-            finally:
-                self._holding = False
-        return None
 
     def _handle_or_fail(self, request: TopicRequest) -> None:
         try:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.codec import PayloadKind
+from broker.formats import PayloadKind
 from broker.history import History
 from broker.messages import Message
 

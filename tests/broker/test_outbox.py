@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from broker import ControlFrame, Gap, Message, Offer, Outbox
-from broker.codec import PayloadKind
+from broker.formats import PayloadKind
 from broker.metrics import BrokerCounters
 from broker.outbox import WRITE_MAX_FRAMES
 from broker.outbox_items import Burst
