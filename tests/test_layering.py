@@ -22,7 +22,8 @@ SOCKET_METHODS = {
 # Named like a socket method but known not to be one. `reply.send(value)` is the one-shot
 # answer to an ask (`actors.Reply.send`), used by the topic and directory actors (the only
 # finds in broker/ today). What a check by name cannot see: a socket method handed in and
-# stored under another name (`Outbox._write_now` is `sock.send`, from gateways/ws_connection.py).
+# stored under another name (`Outbox._write_now` is `sock.send`, from
+# gateways/websocket/connection.py).
 NOT_SOCKET_USES = {"reply.send"}
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateways.http_reader import RequestReader
-from gateways.http_wire import MAX_HEAD_BYTES, HttpError, RequestHead, parse_head
+from gateways.http.reader import RequestReader
+from gateways.http.wire import MAX_HEAD_BYTES, HttpError, RequestHead, parse_head
 
-from .test_http_wire import MALFORMED_HEADS
+from .test_wire import MALFORMED_HEADS
 
 MAX_BODY = 100_000
 CHUNKED = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"

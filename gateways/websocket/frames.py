@@ -2,7 +2,7 @@
 
 Server frames are unmasked, so a message's whole frame (header + payload) is the same
 bytes for every subscriber of one wire format: it is built once and written to each.
-Checked against wsproto's parser in tests/gateways/test_wsframe.py.
+Checked against wsproto's parser in tests/gateways/websocket/test_frames.py.
 """
 
 from __future__ import annotations

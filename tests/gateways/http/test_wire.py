@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateways.http_wire import (
+from gateways.http.wire import (
     MAX_HEAD_BYTES,
     HttpError,
     parse_head,

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from gateways.ws_log import ProtocolErrorLog
+from gateways.websocket.protocol_log import ProtocolErrorLog
 
 
 def test_a_flood_of_protocol_errors_makes_one_info_line_per_period(

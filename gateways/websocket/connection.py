@@ -76,13 +76,13 @@ from broker.codec import (
     UnsubscribeRequest,
 )
 
-from .errors import http_status
-from .tcp import ConnectionLost, receive, receive_deadline, send_all
-from .ws_handshake import Accept
-from .ws_log import ProtocolErrorLog
-from .ws_reader import DATA, INCOMPLETE, TOO_BIG, FrameBoundaries, client_data_frame, unmask
-from .ws_render import GAP_RENDERERS, RENDERERS
-from .wsframe import binary_frame, text_frame
+from ..errors import http_status
+from ..tcp import ConnectionLost, receive, receive_deadline, send_all
+from .frames import binary_frame, text_frame
+from .handshake import Accept
+from .protocol_log import ProtocolErrorLog
+from .reader import DATA, INCOMPLETE, TOO_BIG, FrameBoundaries, client_data_frame, unmask
+from .render import GAP_RENDERERS, RENDERERS
 
 log = logging.getLogger("gateways.websocket")
 
