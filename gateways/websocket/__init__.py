@@ -3,7 +3,9 @@
 - `listener`: `serve_websocket`, the accept loop, each connection's handshake and task,
   and the drain;
 - `handshake`: the opening handshake (pure, on `gateways.http.wire.parse_head`);
-- `connection`: `WebSocketConnection`, one accepted WebSocket served by one task;
+- `connection`: `WebSocketConnection`, one accepted WebSocket served by one task: its
+  lifecycle and writing, with its reading side (`intake`) and its requests (`dispatch`)
+  as mixins over the slots they share (`connection_slots`);
 - `reader`: client frames taken apart (pure: the fast path, and frame boundaries);
 - `frames`: server frames built for pre-encoded payloads (pure);
 - `render`: the frames the broker sends on its own (messages, gaps), rendered once;
