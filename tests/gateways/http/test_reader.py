@@ -310,7 +310,7 @@ def test_a_damaged_request_is_refused_or_read_exactly_as_h11_reads_it(
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(requests(last=True))
 def test_the_handshakes_parse_head_reads_a_head_as_the_reader_does(data: bytes) -> None:
-    """`http_wire.parse_head` (the WebSocket port's opening request) and llhttp agree."""
+    """`wire.parse_head` (the WebSocket port's opening request) and llhttp agree."""
     parsed = parse_head(data)
     assert parsed is not None
     assert parsed[0] == read(data)[0][0]
