@@ -3,7 +3,7 @@
 A `Subscriber` is an id, a client name and the connection's bounded `Outbox`. Topics offer
 messages to the outbox (a topic never waits for one subscriber) and, when it is full, apply
 their slow-consumer policy, which may `evict`. The socket side lives in
-`gateways/websocket.py`.
+`gateways/websocket/listener.py`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`broker serve|pub|sub|bench`: the command line.
 
 `serve` runs the broker (on top of `serve` and `load_settings`); `pub` and `sub` are thin
-commands over the public client (`gateways.client`); `bench` hands over to the benchmark
-suite, imported only then. Exit codes: 0 done, 1 the broker failed us (unreachable,
-refused, closed), 2 bad usage.
+commands over the public client (`gateways.client`); `bench` makes this process
+`python -m benchmarks` (the suite is not imported here: nothing in gateways/ imports
+benchmarks/). Exit codes: 0 done, 1 the broker failed us (unreachable, refused, closed),
+2 bad usage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import importlib.util
 import logging
 import os
 import signal
@@ -60,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_pubsub_commands(commands)
     commands.add_parser(
         "bench", add_help=False,
-        help="run the benchmark suite (`broker bench --help` for its options)",
+        help="run the benchmark suite: python -m benchmarks (`broker bench --help` for "
+        "its options)",
     )
     return parser
 
@@ -199,18 +202,24 @@ def _run_client_command(command: str, run: Any, args: argparse.Namespace) -> int
         return 0
 
 
+# The benchmark suite's package, run by name (`broker bench`): never imported here.
+BENCHMARKS = "benchmarks"
+
+
 def _bench(argv: list[str]) -> int:
-    """Hand over to the benchmark suite (`benchmarks/__main__.py`), imported only now."""
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError as exc:
+    """Become `python -m benchmarks ARGV` (what the `broker-bench` command runs too): the
+    same interpreter, environment and working directory, its exit status ours. Exit 2
+    with a message, and no exec, if the suite is not installed."""
+    if importlib.util.find_spec(BENCHMARKS) is None:
         print(
-            f"broker bench: the benchmark suite is not available ({exc}); "
-            "install the project with its `bench` extra from a source checkout",
+            "broker bench: the benchmark suite is not available; install the project "
+            "with its `bench` extra from a source checkout",
             file=sys.stderr,
         )
         return 2
-    return bench_main(argv)
+    sys.stdout.flush()  # what is buffered would be lost with this process's image
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", BENCHMARKS, *argv])
 
 
 # CPython's collector, tuned for the `broker serve` process (embedders calling `serve()`

@@ -25,10 +25,15 @@ import trio
 
 from broker import Broker, Settings, open_broker
 
-from .asgi_bridge import AsgiBridge
-from .http import create_app
-from .http_server import Handler, HttpRequest, HttpResponse, HttpServer
-from .publish_route import PublishRoute
+from .http import (
+    AsgiBridge,
+    Handler,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
+    PublishRoute,
+    create_app,
+)
 from .websocket import PATH, serve_websocket
 
 log = logging.getLogger("gateways.serve")
@@ -89,7 +94,7 @@ async def serve(
         ready = False
         closing = trio.Event()
         # Quart types the ASGI scope and events as hypercorn's TypedDicts; the bridge builds
-        # plain dicts of those shapes (`asgi_bridge`), typed as mappings.
+        # plain dicts of those shapes (`http.asgi_bridge`), typed as mappings.
         app = AsgiBridge(
             create_app(broker, lambda: ready and not broker.draining)  # type: ignore[arg-type]
         )

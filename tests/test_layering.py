@@ -1,5 +1,6 @@
-"""Imports point one way: gateways -> broker -> actors, and `broker/` holds no socket
-(checked with `ast`, no imports run)."""
+"""Imports point one way: (benchmarks ->) gateways -> broker -> actors, the public client
+(gateways/client/) imports nothing of the server, and `broker/` holds no socket (checked
+with `ast`, no imports run)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ SOCKET_METHODS = {
 # Named like a socket method but known not to be one. `reply.send(value)` is the one-shot
 # answer to an ask (`actors.Reply.send`), used by the topic and directory actors (the only
 # finds in broker/ today). What a check by name cannot see: a socket method handed in and
-# stored under another name (`Outbox._write_now` is `sock.send`, from gateways/ws_connection.py).
+# stored under another name (`Outbox._write_now` is `sock.send`, from
+# gateways/websocket/connection.py).
 NOT_SOCKET_USES = {"reply.send"}
 
 
@@ -34,6 +36,21 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
+    return names
+
+
+def imported_names(path: Path, root: Path = ROOT) -> set[str]:
+    """The dotted names of what `path` imports, anywhere in it, relative imports resolved
+    against its package under `root` (`from .http import x` in gateways/client/ is
+    gateways.client.http)."""
+    package = path.relative_to(root).parent.parts
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            names.add(".".join([*base, *([node.module] if node.module else [])]))
     return names
 
 
@@ -81,6 +98,55 @@ def test_a_layer_imports_only_the_layers_below_it(layer: str) -> None:
         if imported_modules(path) & forbidden
     }
     assert offenders == {}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_no_layer_imports_the_benchmark_suite(layer: str) -> None:
+    """benchmarks/ stands apart, above gateways/: it uses the public client and runs
+    `python -m gateways`; `broker bench` runs the suite as a program (`python -m
+    benchmarks`), it does not import it."""
+    offenders = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / layer).rglob("*.py")
+        if any(name.split(".")[0] == "benchmarks" for name in imported_names(path))
+    )
+    assert offenders == []
+
+
+def test_the_public_client_imports_nothing_of_the_server() -> None:
+    """gateways/client/ reaches a broker over the wire only: no `broker`, no `actors`, and
+    nothing of gateways/ outside itself."""
+    def outside(name: str) -> bool:
+        top = name.split(".")[0]
+        return top in ("actors", "broker") or (
+            top == "gateways" and not (name + ".").startswith("gateways.client.")
+        )
+
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(filter(outside, imported_names(path)))
+        for path in (ROOT / "gateways" / "client").rglob("*.py")
+        if any(map(outside, imported_names(path)))
+    }
+    assert offenders == {}
+
+
+def test_imported_names_finds_imports_in_functions_and_resolves_relative_ones(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "gateways" / "client" / "example.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(
+        "from .http import ClientError\n"
+        "from .. import errors\n"
+        "from ..websocket.frames import text_frame\n"
+        "import trio.lowlevel\n"
+        "def bench():\n"
+        "    from benchmarks.__main__ import main\n"
+    )
+    assert imported_names(module, tmp_path) == {
+        "gateways.client.http", "gateways", "gateways.websocket.frames", "trio.lowlevel",
+        "benchmarks.__main__",
+    }
 
 
 @pytest.mark.parametrize("layer", ["actors", "broker"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from gateways.wsframe import client_frame
+from gateways.websocket.frames import client_frame
 
 from ..conftest import TIMEOUT
 

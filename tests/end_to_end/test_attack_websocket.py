@@ -16,7 +16,7 @@ import orjson
 import pytest
 import trio
 
-from gateways.wsframe import client_frame
+from gateways.websocket.frames import client_frame
 
 from .attack import BrokerProcess, broker_process, latency_probe, raw_connect, wait_for
 from .rawws import RawWebSocket

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from broker.metrics import Gauges
-from gateways.wsframe import frame as unmasked_frame
+from gateways.websocket.frames import frame as unmasked_frame
 
 from ..cbor_model import cbor_refusal
 from ..conftest import (

@@ -17,8 +17,8 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from broker import Settings, SlowConsumerPolicy, TopicSettings
-from gateways.websocket import _handshake
-from gateways.ws_handshake import Accept
+from gateways.websocket.handshake import Accept
+from gateways.websocket.listener import _handshake
 
 from ..conftest import RunningBroker, StartBroker, receive, request, wait_until, websocket
 from .rawws import RawWebSocket, masked_frame

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from broker import Broker, TopicSettings
-from gateways.ws_connection import MAX_CONSECUTIVE_INVALID
+from gateways.websocket.dispatch import MAX_CONSECUTIVE_INVALID
 
 from ..conftest import TIMEOUT, RunningBroker, StartBroker
 from .rawws import RawWebSocket, masked_frame

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
 import sys
-import types
-from typing import Any
+import tomllib
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,6 +18,8 @@ from gateways import Gap, Message, open_client
 from gateways.cli import item_line, main, parse_data
 
 from ..conftest import TIMEOUT, RunningBroker
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (its pyproject.toml)
 
 
 def _environment(**extra: str) -> dict[str, str]:
@@ -170,23 +173,48 @@ async def test_sub_exits_1_when_the_broker_closes_it(running: RunningBroker) -> 
 # -- bench -----------------------------------------------------------------------------
 
 
-def test_bench_hands_its_arguments_to_the_benchmark_suite(
+class Exec(Exception):
+    """Raised by the stand-in for `os.execv`: the process image is not replaced."""
+
+
+def test_bench_becomes_python_m_benchmarks_with_its_arguments(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[Any] = []
-    suite = types.ModuleType("benchmarks.__main__")
-    suite.main = lambda argv: calls.append(argv) or 7  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "benchmarks.__main__", suite)
-    assert main(["bench", "--quick", "-x"]) == 7
-    assert calls == [["--quick", "-x"]]
+    calls: list[tuple[str, list[str]]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        calls.append((path, argv))
+        raise Exec
+
+    monkeypatch.setattr(os, "execv", execv)
+    with pytest.raises(Exec):
+        main(["bench", "--quick", "-x"])
+    assert calls == [(sys.executable, [sys.executable, "-m", "benchmarks", "--quick", "-x"])]
 
 
 def test_bench_without_the_suite_exits_2_with_a_message(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "benchmarks.__main__", None)  # import fails
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # not to be found
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail("exec without the suite"))
     assert main(["bench"]) == 2
     assert "broker bench: the benchmark suite is not available" in capsys.readouterr().err
+
+
+async def test_bench_runs_the_suite_in_a_new_process_image() -> None:
+    done = await _run("bench", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"usage: python -m benchmarks")
+
+
+def test_every_console_script_names_a_function_that_exists() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {
+        "broker": "gateways.cli:main", "broker-bench": "benchmarks.__main__:main",
+    }
+    for target in scripts.values():
+        module, _, name = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), name)), target
 
 
 async def test_serve_on_a_port_in_use_exits_1_with_one_line() -> None:

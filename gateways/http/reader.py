@@ -7,7 +7,7 @@ in what arrives, however it is split. On top of it, our rules and limits: the he
 most `MAX_HEAD_BYTES` and `MAX_HEADERS` headers (431); chunk extensions, chunk sizes'
 leading zeros and trailers, the framing beyond what the chunks' sizes need, count against
 the same limit (431, as Node.js after CVE-2024-22019); the body against `max_body` (413);
-and `http_wire.request_head`'s checks (Host, lengths, codings: 400, 501; versions: 505).
+and `wire.request_head`'s checks (Host, lengths, codings: 400, 501; versions: 505).
 
 Pure (bytes in with `feed`, requests out with `next_request`); no socket and no clock.
 """
@@ -25,9 +25,9 @@ from httptools import (
     HttpRequestParser,
 )
 
-from .http_wire import MAX_HEAD_BYTES, MAX_HEADERS, HttpError, RequestHead, request_head
+from .wire import MAX_HEAD_BYTES, MAX_HEADERS, HttpError, RequestHead, request_head
 
-# The head may be MAX_HEAD_BYTES plus its closing blank line, as `http_wire.parse_head`.
+# The head may be MAX_HEAD_BYTES plus its closing blank line, as `wire.parse_head`.
 HEAD_LIMIT = MAX_HEAD_BYTES + 4
 # The bytes of a request line besides its method and target: two spaces, "HTTP/1.1", CRLF;
 # and of a header line besides its name and value: ": " and CRLF.

@@ -1,7 +1,7 @@
 """HTTP/1.1 on the wire, as pure functions: request heads and bodies in, response bytes out.
 
 No I/O here (the h11 split). The HTTP port's requests are framed by llhttp
-(`http_reader`), which then applies `request_head`'s rules; the WebSocket handshake parses
+(`reader`), which then applies `request_head`'s rules; the WebSocket handshake parses
 its one opening request with `parse_head`. Strict where leniency lets requests be smuggled
 or misread (RFC 9112): both `Content-Length` and `Transfer-Encoding` (even an empty one),
 conflicting lengths, folded header lines and whitespace before a header's colon are

@@ -16,8 +16,9 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from broker import WireFormat
-from gateways.http_wire import HttpError, parse_head
-from gateways.ws_handshake import (
+from gateways.http.wire import HttpError, parse_head
+from gateways.websocket.frames import text_frame
+from gateways.websocket.handshake import (
     MAX_CLIENT_BYTES,
     Accept,
     Reject,
@@ -27,7 +28,6 @@ from gateways.ws_handshake import (
     reject_unreadable,
     valid_key,
 )
-from gateways.wsframe import text_frame
 
 PATH = "/v1/ws"
 LIMIT = 1000  # max_subscriptions

@@ -6,15 +6,15 @@ import logging
 
 import pytest
 
-from gateways.ws_log import ProtocolErrorLog
+from gateways.websocket.protocol_log import ProtocolErrorLog
 
 
 def test_a_flood_of_protocol_errors_makes_one_info_line_per_period(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    log = logging.getLogger("test.ws_log")
+    log = logging.getLogger("test.protocol_log")
     errors = ProtocolErrorLog(log, period=10.0)
-    with caplog.at_level(logging.DEBUG, logger="test.ws_log"):
+    with caplog.at_level(logging.DEBUG, logger="test.protocol_log"):
         for n in range(1000):
             errors.closed(n, "protocol error", now=1000.0 + n * 0.01)  # 10 s of errors
         errors.closed(1000, "message too big", now=1010.5)
@@ -28,7 +28,7 @@ def test_a_flood_of_protocol_errors_makes_one_info_line_per_period(
 
 
 def test_debug_lines_name_the_connection(caplog: pytest.LogCaptureFixture) -> None:
-    errors = ProtocolErrorLog(logging.getLogger("test.ws_log2"))
-    with caplog.at_level(logging.DEBUG, logger="test.ws_log2"):
+    errors = ProtocolErrorLog(logging.getLogger("test.protocol_log2"))
+    with caplog.at_level(logging.DEBUG, logger="test.protocol_log2"):
         errors.closed(42, "protocol error", now=5.0)
     assert "connection 42: closing: protocol error" in caplog.messages

@@ -20,8 +20,8 @@ from broker import (
     validate_topic,
 )
 
-from .errors import RETRY_AFTER, error_body, http_status
-from .http_server import HttpRequest, HttpResponse, json_response
+from ..errors import RETRY_AFTER, error_body, http_status
+from .server import HttpRequest, HttpResponse, json_response
 
 PREFIX = "/v1/topics/"
 BULK = "/v1/publish"

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateways.http_reader import RequestReader
-from gateways.http_wire import MAX_HEAD_BYTES, HttpError, RequestHead, parse_head
+from gateways.http.reader import RequestReader
+from gateways.http.wire import MAX_HEAD_BYTES, HttpError, RequestHead, parse_head
 
-from .test_http_wire import MALFORMED_HEADS
+from .test_wire import MALFORMED_HEADS
 
 MAX_BODY = 100_000
 CHUNKED = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -310,7 +310,7 @@ def test_a_damaged_request_is_refused_or_read_exactly_as_h11_reads_it(
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(requests(last=True))
 def test_the_handshakes_parse_head_reads_a_head_as_the_reader_does(data: bytes) -> None:
-    """`http_wire.parse_head` (the WebSocket port's opening request) and llhttp agree."""
+    """`wire.parse_head` (the WebSocket port's opening request) and llhttp agree."""
     parsed = parse_head(data)
     assert parsed is not None
     assert parsed[0] == read(data)[0][0]

@@ -1,6 +1,6 @@
 """`AsgiBridge`: serve an ASGI app (the Quart app) from `HttpServer`'s complete requests.
 
-The HTTP gateway's server is our own (`http_server`); the requests that are not publishes
+The HTTP gateway's server is our own (`server`); the requests that are not publishes
 (listings, history, health, metrics, and every error page) are still answered by the
 quart-trio app, through this bridge: one ASGI `http` scope per request, its body handed
 over at once, its answer collected whole. The app's lifespan (startup and shutdown) runs
@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .http_server import HttpRequest, HttpResponse
+from .server import HttpRequest, HttpResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

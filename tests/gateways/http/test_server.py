@@ -11,9 +11,9 @@ import orjson
 import pytest
 import trio
 
-from gateways.http_server import HttpRequest, HttpResponse, HttpServer, json_response
+from gateways.http.server import HttpRequest, HttpResponse, HttpServer, json_response
 
-from ..conftest import StartBroker
+from ...conftest import StartBroker
 
 TIMEOUT = 5.0
 

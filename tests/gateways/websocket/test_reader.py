@@ -12,7 +12,8 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
-from gateways.ws_reader import (
+from gateways.websocket.frames import client_frame
+from gateways.websocket.reader import (
     DATA,
     INCOMPLETE,
     OTHER,
@@ -20,7 +21,6 @@ from gateways.ws_reader import (
     client_data_frame,
     unmask,
 )
-from gateways.wsframe import client_frame
 
 LIMIT = 100_000
 

@@ -18,7 +18,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from broker import SlowConsumerPolicy, TopicSettings
 from gateways import Client, ClientError, Gap, Message, open_client
-from gateways.client_http import (
+from gateways.client.http import (
     HttpEndpoint,
     HttpResponse,
     batch_results,
@@ -27,14 +27,14 @@ from gateways.client_http import (
     error_from_response,
     topic_path,
 )
-from gateways.client_ws import (
+from gateways.client.websocket import (
     close_error,
     encode_request,
     parse_frame,
     subscription_url,
 )
 
-from ..conftest import TIMEOUT, RunningBroker, StartBroker
+from ...conftest import TIMEOUT, RunningBroker, StartBroker
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from broker import Gap, Message, WireFormat, codec
 
-from .wsframe import binary_frame, text_frame
+from .frames import binary_frame, text_frame
 
 
 def render_json(message: Message) -> bytes:

@@ -1,15 +1,9 @@
-"""The public trio client: publish over HTTP, subscribe over WebSocket.
+"""`Client` and `open_client`: one broker client, publishing over HTTP, subscribing over
+WebSocket (the package's docstring shows it in use).
 
-    async with open_client(http_url="http://127.0.0.1:8080",
-                           ws_url="ws://127.0.0.1:8081/v1/ws") as client:
-        offset = await client.publish("orders.eu", {"id": 1})
-        async with client.subscribe("orders.*", from_="earliest") as subscription:
-            async for item in subscription:      # Message or Gap
-                ...
-
-HTTP requests share ONE keep-alive connection (see `client_http.HttpConnection`:
-concurrent callers take turns on a lock); each subscription is its own WebSocket (see
-`client_ws.Subscription`). Every failure is a `ClientError` with a machine `code`.
+HTTP requests share ONE keep-alive connection (see `http.HttpConnection`: concurrent
+callers take turns on a lock); each subscription is its own WebSocket (see
+`websocket.Subscription`). Every failure is a `ClientError` with a machine `code`.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
-from .client_http import (
+from .http import (
     ClientError,
     HttpConnection,
     HttpStatistics,
@@ -30,18 +24,13 @@ from .client_http import (
     offset_from_response,
     topic_path,
 )
-from .client_ws import Gap, Message, Subscription, WireFormatName, open_subscription
+from .websocket import Subscription, WireFormatName, open_subscription
 
 __all__ = [
     "DEFAULT_HTTP_URL",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WS_URL",
     "Client",
-    "ClientError",
-    "Gap",
-    "HttpStatistics",
-    "Message",
-    "Subscription",
     "open_client",
 ]
 

@@ -1,7 +1,8 @@
-"""The WebSocket gateway: a listener serving `/v1/ws`, one `WebSocketConnection` each.
+"""The WebSocket gateway's listener: `serve_websocket` serves `/v1/ws`, one
+`WebSocketConnection` each.
 
-The opening handshake is ours (`ws_handshake`, pure, on `http_wire.parse_head`); after it,
-each connection is one task (`ws_connection`). The listening sockets are opened by trio
+The opening handshake is ours (`handshake`, pure, on `http.wire.parse_head`); after it,
+each connection is one task (`connection`). The listening sockets are opened by trio
 and then served as plain sockets: every connection waiting in the backlog is taken per
 wake-up, and a connection is a plain non-blocking socket, not a `trio.SocketStream` (the
 stream, its trio socket and conflict detectors were objects per connection; the
@@ -22,11 +23,10 @@ from trio.lowlevel import notify_closing
 
 from broker import Broker, CloseReason, Settings
 
-from .http_wire import HttpError, parse_head
-from .tcp import ConnectionLost, accept_loop, receive, send_all, take_over
-from .ws_connection import RECEIVE_SIZE, WebSocketConnection
-from .ws_handshake import Accept, answer, reject_unreadable
-from .ws_render import RENDERERS, render_cbor, render_json
+from ..http.wire import HttpError, parse_head
+from ..tcp import ConnectionLost, accept_loop, receive, send_all, take_over
+from .connection import RECEIVE_SIZE, WebSocketConnection
+from .handshake import Accept, answer, reject_unreadable
 
 log = logging.getLogger("gateways.websocket")
 
@@ -141,10 +141,7 @@ async def serve_websocket(
 
 
 __all__ = [
+    "MAX_HANDSHAKE_BYTES",
     "PATH",
-    "RENDERERS",
-    "WebSocketConnection",
-    "render_cbor",
-    "render_json",
     "serve_websocket",
 ]

@@ -14,7 +14,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from gateways.wsframe import (
+from gateways.websocket.frames import (
     OPCODE_BINARY,
     OPCODE_PING,
     binary_frame,

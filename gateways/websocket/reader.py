@@ -2,7 +2,8 @@
 
 - `client_data_frame` / `unmask`: the fast path, which takes plain data frames (final,
   masked text or binary) apart itself; everything else is wsproto's. Checked against
-  wsproto in tests/gateways/test_ws_reader.py (differential, with hypothesis).
+  wsproto in tests/gateways/websocket/test_reader.py and, through a connection,
+  test_intake.py (differential, with hypothesis).
 - `FrameBoundaries`: where frames end in a byte stream, without keeping their payloads,
   so a connection knows when input stops inside a frame (its receive deadline applies).
 """

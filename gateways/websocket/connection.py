@@ -1,9 +1,13 @@
 """One accepted WebSocket connection, served by ONE task on a plain non-blocking socket.
 
+`WebSocketConnection` is one object written as three parts, mixins over the slots they
+share (`connection_slots.ConnectionSlots`): its reading side (`intake.FrameIntake`), its
+requests (`dispatch.RequestDispatch`), and, here, its lifecycle, its task and its writing.
+
 - The task reads client frames and answers them; a reply goes straight to the socket when
   nothing is queued before it. Plain data frames (final, masked text or binary) are taken
-  apart here (`client_data_frame`); at the first frame that is anything else, wsproto
-  takes over this connection's input (and it does every close).
+  apart by `intake` (`reader.client_data_frame`); at the first frame that is anything
+  else, wsproto takes over this connection's input (and it does every close).
 - Topics write message frames straight to the socket (`Outbox.flush`) and never wait for a
   connection. Only what the kernel did not take stays queued: the outbox then wakes the
   task (`wake_writer` cancels its wait for input), which writes everything waiting with
@@ -15,12 +19,12 @@
   the connection is closed with 1008 `frame not completed in time`.
 - A publish to a running topic is handed over without waiting (`Broker.publish_soon`):
   an idle topic takes it at once on this task (`TopicActor.publish_now`), a busy one
-  answers later on its own task; either way through `_answer_publish`, which writes the
-  `ok` via `Outbox.answer`, and this task reads on (no task switch, and no wait, per
-  publish; `python -m benchmarks ws-publish`). A new topic, or a full mailbox, is asked
-  and waited for. The answers of publishes read in one go (a pipelining client) are
-  queued and written together after the last of them, or before any request that may
-  wait: one write instead of one per publish (`ws-publish-window`).
+  answers later on its own task; either way through `_answer_publish` (`dispatch`),
+  which writes the `ok` via `Outbox.answer`, and this task reads on (no task switch, and
+  no wait, per publish; `python -m benchmarks ws-publish`). A new topic, or a full
+  mailbox, is asked and waited for. The answers of publishes read in one go (a
+  pipelining client) are queued and written together after the last of them, or before
+  any request that may wait: one write instead of one per publish (`ws-publish-window`).
 - A close (drain, eviction, the client's close, a protocol error) is a decision recorded
   on the connection; the same task writes what it must still write (first waiting for
   the answers of publishes it handed over), then the close frame, then waits for the
@@ -33,6 +37,12 @@ walk (now ~36, with wsproto made only when needed), and starting them was a good
 the CPU per connection (`python -m benchmarks connect idle`; the mixed scenario's p99 was
 these collections' pauses).
 
+Why mixins, not objects or functions of their own for the parts: a connection stays one
+object with one set of slots (nothing more per connection for the collector to walk),
+every call on the hot path stays the same method call on `self` (a method found on a base
+class is looked up and cached as one on the class itself), and a test can still replace
+one part's method on a subclass (`tests/gateways/websocket/test_intake.py`).
+
 Topics put frames into the outbox without waiting; when it is full they apply their
 slow-consumer policy (default: close with 4008).
 """
@@ -42,47 +52,32 @@ from __future__ import annotations
 import logging
 import math
 import socket
-from functools import partial
-from typing import Any
 
 import trio
 from trio.lowlevel import wait_readable, wait_writable
 from wsproto import ConnectionType
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.events import CloseConnection
 
 from broker import (
-    AlreadySubscribed,
     Broker,
-    BrokerError,
     CloseReason,
     ControlFrame,
-    InvalidFrame,
-    NotSubscribed,
     Outbox,
-    Payload,
     Subscriber,
-    SubscribeResult,
-    TooManySubscriptions,
     WireFormat,
     codec,
     next_connection_id,
 )
-from broker.codec import (
-    PingRequest,
-    PublishRequest,
-    RequestRejected,
-    SubscribeRequest,
-    UnsubscribeRequest,
-)
+from broker.codec import RequestRejected, SubscribeRequest
 
-from .errors import http_status
-from .tcp import ConnectionLost, receive, receive_deadline, send_all
-from .ws_handshake import Accept
-from .ws_log import ProtocolErrorLog
-from .ws_reader import DATA, INCOMPLETE, TOO_BIG, FrameBoundaries, client_data_frame, unmask
-from .ws_render import GAP_RENDERERS, RENDERERS
-from .wsframe import binary_frame, text_frame
+from ..tcp import ConnectionLost, receive, send_all
+from .dispatch import RequestDispatch
+from .frames import binary_frame, text_frame
+from .handshake import Accept
+from .intake import FrameIntake
+from .protocol_log import ProtocolErrorLog
+from .render import GAP_RENDERERS, RENDERERS
 
 log = logging.getLogger("gateways.websocket")
 
@@ -93,8 +88,6 @@ RECEIVE_SIZE = 65536
 WRITE_BATCH_BYTES = 1024 * 1024
 # A client frame may carry a payload of max_payload_bytes plus this much envelope.
 FRAME_ENVELOPE_BYTES = 64 * 1024
-# Consecutive invalid frames tolerated before the connection is closed with 1008.
-MAX_CONSECUTIVE_INVALID = 10
 # Seconds spent at most on unsubscribing at teardown.
 TEARDOWN_SECONDS = 2.0
 _LINGERING = (ConnectionState.LOCAL_CLOSING,)
@@ -105,7 +98,7 @@ _CAN_CLOSE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 protocol_errors = ProtocolErrorLog(log)
 
 
-class WebSocketConnection:
+class WebSocketConnection(FrameIntake, RequestDispatch):
     """One accepted WebSocket, served by the one task that calls `run` (see the module
     docstring). `evict` and `close_soon` may be called from any task.
 
@@ -117,40 +110,7 @@ class WebSocketConnection:
     deadline only while a client frame is incomplete (`receive_deadline`).
     """
 
-    __slots__ = (
-        "_answered",
-        "_boundaries",
-        "_broker",
-        "_capacity",
-        "_close_requested",
-        "_corked",
-        "_deadline",
-        "_evicted",
-        "_format",
-        "_frame_deadline",
-        "_frame_started",
-        "_frame_wrap",
-        "_invalid",
-        "_max_frame",
-        "_more_input",
-        "_need",
-        "_opening",
-        "_parts",
-        "_patterns",
-        "_pending",
-        "_reading",
-        "_settings",
-        "_size",
-        "_sock",
-        "_unanswered",
-        "_wait",
-        "_wake",
-        "_ws",
-        "close_reason",
-        "id",
-        "outbox",
-        "subscriber",
-    )
+    __slots__ = ()  # all declared by ConnectionSlots
 
     def __init__(
         self, sock: socket.socket, broker: Broker, accept: Accept, early: bytes = b""
@@ -161,18 +121,18 @@ class WebSocketConnection:
         self._sock = sock
         # wsproto, made the first time a client frame is not a plain data frame, or to
         # close: from then on it parses everything (a new one is OPEN: no handshake).
-        self._ws: Connection | None = None
+        self._ws = None
         # The start of a client frame the fast path waits to complete (a bytearray while
         # it grows: each receive appends, nothing is joined again), and the bytes the
         # whole frame takes, once its header is there (0 before).
-        self._pending: bytes | bytearray = b""
+        self._pending = b""
         self._need = 0
         # Frame boundaries in the input, once wsproto parses it (see `_receive_wsproto`).
-        self._boundaries: FrameBoundaries | None = None
+        self._boundaries = None
         # While input stops inside a frame: when that frame began, and by when it must be
         # complete (`receive_deadline`); None otherwise.
-        self._frame_started: float | None = None
-        self._frame_deadline: float | None = None
+        self._frame_started = None
+        self._frame_deadline = None
         self._broker = broker
         self._settings = settings = broker.settings
         self._format = wire_format = accept.wire_format
@@ -183,17 +143,17 @@ class WebSocketConnection:
             self._wake_up, settings.outbox_bytes, sock.sendmsg, GAP_RENDERERS[wire_format],
         )
         self.subscriber = Subscriber(self.id, accept.client, self.outbox, self.evict)
-        self._patterns: set[str] = set()
-        self._opening: tuple[list[str], bytes] | None = (accept.patterns, early)
-        self._evicted: CloseReason | None = None
-        self._close_requested: CloseReason | None = None
-        self.close_reason: CloseReason | None = None
+        self._patterns = set()
+        self._opening = (accept.patterns, early)
+        self._evicted = None
+        self._close_requested = None
+        self.close_reason = None
         self._deadline = math.inf  # by when a closing connection must be done
         self._wake = trio.CancelScope()  # cancelled by `_wake_up` (see `_serve`)
         self._reading = False  # waiting for input: a wake-up may cancel `_wake`
-        self._wait: trio.CancelScope | None = None  # any other wait in progress
+        self._wait = None  # any other wait in progress
         self._frame_wrap = text_frame if wire_format is WireFormat.JSON else binary_frame
-        self._parts: list[Any] | None = None  # a fragmented client message, so far
+        self._parts = None  # a fragmented client message, so far
         self._size = 0
         self._invalid = 0
         # Publishes handed to their topic and not answered yet (`publish_soon`); a closing
@@ -203,7 +163,7 @@ class WebSocketConnection:
         # is handed over with more to follow, its answer is only queued (`_corked`).
         self._more_input = False
         self._corked = False
-        self._answered: trio.Event | None = None
+        self._answered = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -443,20 +403,6 @@ class WebSocketConnection:
             finally:
                 self._waiting(None)
 
-    def _answer_publish(self, request_id: Any, topic: str, outcome: int | BrokerError) -> None:
-        """A publish handed to its topic is answered (on this task when the topic was idle,
-        else on the topic's task or the publish deadlines actor's): the `ok` with its
-        offset, or the error, written at once if nothing is queued before it."""
-        fmt = self._format
-        if type(outcome) is int:
-            data = codec.encode_published(fmt, request_id, topic, outcome)
-        else:  # not narrowed (int is not final); an isinstance per publish answer would cost
-            data = codec.encode_error(fmt, request_id, outcome)  # type: ignore[arg-type]
-        self.outbox.answer(self._frame_wrap(data), self._corked)
-        self._unanswered -= 1
-        if not self._unanswered and self._answered is not None:
-            self._answered.set()
-
     async def _queue(self, item: ControlFrame) -> None:
         """Queue a reply behind pending frames; it is written at once if nothing is in
         flight. With the outbox full this task writes first (a client that does not read
@@ -481,254 +427,6 @@ class WebSocketConnection:
         outbox.answer(frame)  # written now; what the kernel did not take goes first
         if outbox.closed:  # the write found the peer gone
             raise ConnectionLost("the client is gone")
-
-    # -- reading -------------------------------------------------------------------------
-
-    async def _receive(self, data: bytes) -> CloseReason | None:
-        """Serve every complete client frame in `data`; the reason to close, if one of
-        them calls for it (later frames are then ignored).
-
-        Plain data frames are taken apart here (`client_data_frame`); at the first frame
-        that is anything else, this connection hands all its input to wsproto for good.
-        """
-        if self._ws is not None:
-            return await self._receive_wsproto(data)
-        pending = self._pending
-        if pending:
-            pending += data  # (a bytearray: appended, not joined)
-            if len(pending) < self._need:  # its end is not there yet: nothing to parse
-                self._incomplete(len(pending), len(data))
-                return None
-            buffer: bytes | bytearray = pending
-        else:
-            buffer = data
-        at = 0
-        limit = self._max_frame
-        while True:
-            kind, start, end = client_data_frame(buffer, at, limit)
-            if kind == DATA:
-                payload = unmask(buffer, start, end)
-                is_text = buffer[at] == 0x81
-                frame: str | bytes = payload
-                if is_text and not payload.isascii():  # ASCII is UTF-8: orjson reads bytes
-                    try:
-                        frame = payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        break  # wsproto closes with 1007
-                at = end
-                self._more_input = end < len(buffer)
-                reason = await self._serve_frame(frame, is_text)
-                self._more_input = False
-                if reason is not None:
-                    return reason
-                continue
-            if kind == INCOMPLETE:
-                if at == len(buffer):  # the usual end: every frame was complete
-                    if pending:
-                        self._pending = b""  # (a big frame's buffer is not kept)
-                        self._frame_deadline = self._frame_started = None
-                else:
-                    if at or buffer is not pending:  # what is left of one receive at most
-                        self._pending = bytearray(buffer[at:])
-                    self._need = end - at if end else 0  # 0: its header is not all there
-                    self._incomplete(len(buffer) - at, len(data))
-                self.outbox.flush()  # the answers queued while more frames followed
-                return None
-            if kind == TOO_BIG:
-                return CloseReason.MESSAGE_TOO_BIG
-            break  # OTHER
-        self._pending = b""
-        self._frame_deadline = self._frame_started = None
-        self._ws = Connection(ConnectionType.SERVER)
-        self._boundaries = FrameBoundaries()
-        return await self._receive_wsproto(bytes(buffer[at:]))  # (once per connection)
-
-    def _incomplete(self, received: int, arrived: int) -> None:
-        """Input stopped inside a client frame (or message) of which `received` bytes came,
-        the last `arrived` of them just now: it must be complete by `receive_deadline`."""
-        started = self._frame_started
-        if started is None or received <= arrived:  # it began in this receive
-            started = self._frame_started = trio.current_time()
-        settings = self._settings
-        self._frame_deadline = receive_deadline(
-            started, received, settings.header_timeout, settings.min_receive_rate
-        )
-
-    async def _serve_frame(self, frame: str | bytes, is_text: bool) -> CloseReason | None:
-        """Serve one complete client message; POLICY_VIOLATION after too many invalid."""
-        valid = await self._handle_frame(frame, is_text)
-        if valid:
-            self._invalid = 0
-        elif valid is False:
-            self._invalid += 1
-            if self._invalid >= MAX_CONSECUTIVE_INVALID:
-                return CloseReason.POLICY_VIOLATION
-        return None
-
-    async def _receive_wsproto(self, data: bytes) -> CloseReason | None:
-        """`_receive` through wsproto: any frame, fragments, control frames, errors."""
-        ws = self._ws
-        boundaries = self._boundaries
-        assert ws is not None and boundaries is not None
-        boundaries.feed(data)
-        ws.receive_data(data)
-        try:
-            return await self._serve_wsproto_events(ws)
-        finally:
-            if boundaries.incomplete:
-                self._incomplete(boundaries.received, len(data))
-            else:
-                self._frame_deadline = self._frame_started = None
-
-    async def _serve_wsproto_events(self, ws: Connection) -> CloseReason | None:
-        """Serve the events wsproto made of the input so far; the reason to close, if any."""
-        for event in ws.events():
-            # `type(event) is X` in place, not kept in a local: the type checker narrows
-            # `event` on it, and CPython specializes `type(x)` (no dearer than a local).
-            if type(event) is TextMessage or type(event) is BytesMessage:
-                self._size += len(event.data)
-                if self._size > self._max_frame:
-                    return CloseReason.MESSAGE_TOO_BIG
-                parts = self._parts
-                if not event.message_finished:
-                    if parts is None:
-                        parts = self._parts = []
-                    parts.append(event.data)
-                    continue
-                if parts is None:
-                    frame = event.data
-                else:
-                    parts.append(event.data)
-                    frame = type(parts[0])().join(parts)
-                    self._parts = None
-                self._size = 0
-                # wsproto may give a binary message as a bytearray: read as bytes are (the
-                # CBOR decoder takes any bytes-like), not copied per message.
-                reason = await self._serve_frame(
-                    frame, type(event) is TextMessage  # type: ignore[arg-type]
-                )
-                if reason is not None:
-                    return reason
-            elif type(event) is Ping:
-                await self._queue(ControlFrame(ws.send(event.response())))
-            elif type(event) is CloseConnection:
-                if ws.state is ConnectionState.REMOTE_CLOSING:
-                    # The client closes: answer after pending frames.
-                    return CloseReason.CLIENT_CLOSED
-                # Still OPEN: wsproto failed to parse (bad opcode, bad UTF-8, ...).
-                return _protocol_reason_for(event.code)
-        return None
-
-    async def _handle_frame(self, frame: str | bytes, is_text: bool) -> bool | None:
-        """Serve one client request; False if it was invalid (an error frame was sent),
-        None if it was refused for the broker's own state (`topic_busy`, `draining`,
-        `unavailable`: 5xx), which is no fault of the client's and counts neither way."""
-        fmt = self._format
-        if (fmt is WireFormat.JSON) != is_text:
-            expected = "text" if fmt is WireFormat.JSON else "binary"
-            error = InvalidFrame(f"{fmt.subprotocol} takes {expected} frames")
-            await self._reply(codec.encode_error(fmt, None, error))
-            return False
-        try:
-            request = codec.decode_request(fmt, frame, self._settings.max_payload_bytes)
-            await self._dispatch(request)
-        except RequestRejected as exc:
-            await self._reply(codec.encode_error(fmt, exc.request_id, exc.error))
-            return None if http_status(exc.error) >= 500 else False
-        return True
-
-    async def _dispatch(self, request: Any) -> None:
-        fmt = self._format
-        if type(request) is not PublishRequest:
-            self.outbox.flush()  # answers queued for earlier frames: not behind a wait
-        match request:
-            case PublishRequest(topic, data, content_type, kind, request_id, rendering):
-                payload = Payload(data, content_type, kind, rendering)
-                # Usually answered at once (an idle topic) or later on the topic's task,
-                # while this one reads on. Counted first: the answer may come before
-                # `publish_soon` returns.
-                self._unanswered += 1
-                self._corked = self._more_input
-                try:
-                    handed = self._broker.publish_soon(
-                        topic, payload, partial(self._answer_publish, request_id, topic)
-                    )
-                except BrokerError as exc:
-                    self._unanswered -= 1
-                    raise RequestRejected(exc, request_id) from exc
-                finally:
-                    self._corked = False
-                if handed:
-                    return
-                self._unanswered -= 1
-                self.outbox.flush()  # answers queued for earlier frames: not behind a wait
-                try:
-                    offset = await self._broker.publish(topic, payload)
-                except BrokerError as exc:
-                    raise RequestRejected(exc, request_id) from exc
-                await self._reply(codec.encode_published(fmt, request_id, topic, offset))
-            case SubscribeRequest():
-                await self._subscribe(request, ack=True)
-            case UnsubscribeRequest(pattern, request_id):
-                if pattern not in self._patterns:
-                    raise RequestRejected(
-                        NotSubscribed(f"not subscribed to {pattern!r}"), request_id
-                    )
-                self._patterns.discard(pattern)
-                try:
-                    await self._broker.unsubscribe(self.id, pattern)
-                except BrokerError as exc:
-                    raise RequestRejected(exc, request_id) from exc
-                await self._reply(codec.encode_ok(fmt, request_id, topic=pattern))
-            case PingRequest(request_id):
-                await self._reply(codec.encode_ok(fmt, request_id))
-
-    async def _subscribe(self, request: SubscribeRequest, *, ack: bool) -> None:
-        pattern, request_id = request.topic, request.id
-        if pattern in self._patterns:
-            raise RequestRejected(
-                AlreadySubscribed(f"already subscribed to {pattern!r}"), request_id
-            )
-        if len(self._patterns) >= self._settings.max_subscriptions:
-            raise RequestRejected(
-                TooManySubscriptions(
-                    f"a connection holds at most {self._settings.max_subscriptions} "
-                    "subscriptions"
-                ),
-                request_id,
-            )
-        fmt = self._format
-        wrap = self._frame_wrap
-
-        def render_ack(result: SubscribeResult) -> ControlFrame:
-            return ControlFrame(
-                wrap(
-                    codec.encode_ok(
-                        fmt,
-                        request_id,
-                        topic=pattern,
-                        first_offset=result.first_offset,
-                        next_offset=result.next_offset,
-                    )
-                )
-            )
-
-        self._patterns.add(pattern)
-        try:
-            await self._broker.subscribe(
-                self.subscriber, pattern, request.start, render_ack if ack else None
-            )
-        except BrokerError as exc:
-            self._patterns.discard(pattern)
-            raise RequestRejected(exc, request_id) from exc
-
-
-def _protocol_reason_for(code: int | None) -> CloseReason:
-    if code == CloseReason.MESSAGE_TOO_BIG.code:
-        return CloseReason.MESSAGE_TOO_BIG
-    if code == 1007:
-        return CloseReason.INVALID_PAYLOAD
-    return CloseReason.PROTOCOL_ERROR
 
 
 __all__ = [

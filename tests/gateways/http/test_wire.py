@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateways.http_wire import (
+from gateways.http.wire import (
     MAX_HEAD_BYTES,
     HttpError,
     parse_head,
@@ -71,7 +71,7 @@ def test_expect_100_continue_is_seen() -> None:
 
 
 # Heads every request parser of ours refuses (`parse_head` for the WebSocket handshake,
-# `http_reader.RequestReader` for HTTP), with the status RFC 9112 names.
+# `reader.RequestReader` for HTTP), with the status RFC 9112 names.
 MALFORMED_HEADS: list[tuple[bytes, int]] = [
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),

@@ -3,10 +3,10 @@
 It replaced hypercorn, whose per-request machinery (h11 events, two tasks per connection,
 an idle-timer task restarted on every request) cost ~3/4 of the server CPU of a publish.
 Here a connection is one task on a plain socket (`tcp`): read until a request is complete
-(`http_reader`: llhttp, fed each read once), call the handler, write the answer with one
+(`reader`: llhttp, fed each read once), call the handler, write the answer with one
 `send_all`, repeat (keep-alive, pipelining).
 
-Bounded everywhere: a request head is at most `http_wire.MAX_HEAD_BYTES` and arrives within
+Bounded everywhere: a request head is at most `wire.MAX_HEAD_BYTES` and arrives within
 `header_timeout` of its first byte; a body is at most `max_body` and arrives at
 `min_receive_rate` after that grace; an answer is written within `write_timeout`; a
 connection that is idle, or sends nothing for `keep_alive` seconds in the middle of a
@@ -29,12 +29,12 @@ from trio.lowlevel import checkpoint, notify_closing, wait_readable
 
 from broker import Settings
 
-from .errors import HTTP_CODES, error_body
-from .http_reader import RequestReader
-from .http_wire import CONTINUE, HttpError, RequestHead, response_head
-from .tcp import ConnectionLost, accept_loop, receive, receive_deadline, send_all, take_over
+from ..errors import HTTP_CODES, error_body
+from ..tcp import ConnectionLost, accept_loop, receive, receive_deadline, send_all, take_over
+from .reader import RequestReader
+from .wire import CONTINUE, HttpError, RequestHead, response_head
 
-log = logging.getLogger("gateways.http_server")
+log = logging.getLogger("gateways.http")
 
 # Bytes read per receive: a whole publish (head and body) usually arrives in one read.
 RECEIVE_SIZE = 65536

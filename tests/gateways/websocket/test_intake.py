@@ -20,9 +20,9 @@ from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from broker import CloseReason, Settings, WireFormat
 from broker.metrics import BrokerCounters
-from gateways.ws_connection import WebSocketConnection
-from gateways.ws_handshake import Accept
-from gateways.ws_reader import FrameBoundaries
+from gateways.websocket.connection import WebSocketConnection
+from gateways.websocket.handshake import Accept
+from gateways.websocket.reader import FrameBoundaries
 
 
 def raw_frame(

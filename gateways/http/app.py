@@ -1,4 +1,4 @@
-"""The HTTP gateway's app: quart-trio, behind our HTTP server (`http_server`, `asgi_bridge`).
+"""The HTTP gateway's app: quart-trio, behind our HTTP server (`server`, `asgi_bridge`).
 
 The two publish requests are answered in front of it by `publish_route.PublishRoute`;
 this app serves the rest (listings, history, health, metrics) and the error handlers.
@@ -26,7 +26,7 @@ from broker import (
 )
 from broker.topic import TopicStatistics
 
-from .errors import HTTP_CODES, RETRY_AFTER, error_body, http_status
+from ..errors import HTTP_CODES, RETRY_AFTER, error_body, http_status
 
 JSON = "application/json"
 

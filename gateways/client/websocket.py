@@ -31,7 +31,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from .client_http import ClientError, error_from_body
+from .http import ClientError, error_from_body
 
 WireFormatName = Literal["json", "cbor"]
 SUBPROTOCOLS: dict[str, str] = {"json": "broker.v1.json", "cbor": "broker.v1.cbor"}

@@ -1,6 +1,6 @@
 """The server's side of the WebSocket opening handshake (RFC 6455 section 4.2), pure.
 
-A request head parsed by `http_wire.parse_head` in; out comes either `Accept` (the 101
+A request head parsed by `http.wire.parse_head` in; out comes either `Accept` (the 101
 response bytes and what the connection needs: wire format, `?topic=` subscriptions, client
 name) or `Reject` (a JSON error response, then the connection closes). No I/O.
 
@@ -29,8 +29,8 @@ import orjson
 
 from broker import BrokerError, TooManySubscriptions, WireFormat, validate_pattern
 
-from .errors import error_body
-from .http_wire import HttpError, RequestHead, response_head
+from ..errors import error_body
+from ..http.wire import HttpError, RequestHead, response_head
 
 # RFC 6455 section 1.3: appended to the client's key before hashing.
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
